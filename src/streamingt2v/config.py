@@ -1,0 +1,162 @@
+"""Typed configs for every stage, with the paper's defaults.
+
+Video tensors use one layout throughout the package, declared here once:
+``(B, C, F, H, W)`` = batch, channels, frames, height, width. Functions that take another
+layout say so in their name (``..._bfchw``, ``..._fhwc``).
+
+Config field names are saved inside weights files and manifests: they are a public format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+VIDEO_LAYOUT = "BCFHW"
+
+SCHEDULERS = ("ddim", "dpm")
+
+
+class UsageError(ValueError):
+    """Bad input from a user: a value that is out of range or a path that cannot be used.
+
+    The CLI prints the message and exits with code 2, without a traceback.
+    """
+
+
+class ModelLoadError(UsageError):
+    """A model folder or weights file that is missing, corrupt or does not match its config."""
+
+
+@dataclass
+class CamConfig:
+    """Conditional Attention Module (paper Sec. 4.2.1, short-term memory)."""
+
+    # Channel widths of the frame-wise encoder E_cond; each step after the first halves the
+    # resolution, so len - 1 must equal log2 of the VAE's downscale factor (official: 8x).
+    cond_embedding_channels: tuple[int, ...] = (32, 96, 256, 512)
+    # Head width of the temporal cross-attention mergers (official: heads = C / 64).
+    merger_head_dim: int = 64
+    # GroupNorm groups before proj_in in each merger (official: 32, eps 1e-6).
+    merger_norm_groups: int = 32
+    merger_norm_eps: float = 1e-6
+
+
+@dataclass
+class ApmConfig:
+    """Appearance Preservation Module (paper Sec. 4.2.2, long-term memory)."""
+
+    # Width of the image encoder's pooled projected embedding (OpenCLIP ViT-H-14: 1024).
+    image_embed_dim: int = 1024
+    # Hidden width of the resampler MLP (official: 1280).
+    resampler_hidden_dim: int = 1280
+    # Number of image tokens k appended after the text tokens (official: 16).
+    image_tokens: int = 16
+    # Number of text tokens T the context is mixed back to (CLIP: 77).
+    text_tokens: int = 77
+    # Token width, the UNet's cross_attention_dim (ModelScope: 1024).
+    cross_attention_dim: int = 1024
+
+
+@dataclass
+class StreamConfig:
+    """Chunking of the autoregressive stage (paper Sec. 4, official defaults)."""
+
+    # Frames per generated chunk F; the first chunk has this many frames too.
+    chunk_frames: int = 16
+    # Conditioning frames F_cond: the last frames of the output so far, fed to the CAM and
+    # occupying the first positions of every later chunk (dropped from the output).
+    cond_frames: int = 8
+    # Text tokens per prompt (the tokenizer pads or truncates to this length).
+    text_tokens: int = 77
+
+    def __post_init__(self) -> None:
+        if not 0 < self.cond_frames < self.chunk_frames:
+            raise UsageError(
+                f"cond_frames must be in [1, chunk_frames - 1], got {self.cond_frames} "
+                f"with chunk_frames={self.chunk_frames}"
+            )
+
+    @property
+    def new_frames(self) -> int:
+        """Frames each chunk after the first adds to the output."""
+        return self.chunk_frames - self.cond_frames
+
+
+@dataclass
+class SampleConfig:
+    """Diffusion sampling settings (official streaming defaults: DDIM, 50 steps, eta 1, 7.5)."""
+
+    steps: int = 50
+    guidance: float = 7.5
+    scheduler: str = "ddim"
+    # DDIM's eta; 1.0 is the official setting (stochastic DDIM). Unused by DPM-Solver++.
+    eta: float = 1.0
+    negative_prompt: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise UsageError(f"steps must be an integer >= 1, got {self.steps!r}")
+        if not self.guidance >= 0:  # also rejects NaN
+            raise UsageError(f"guidance must be >= 0, got {self.guidance!r}")
+        if self.scheduler not in SCHEDULERS:
+            raise UsageError(f"unknown scheduler {self.scheduler!r}; choose one of {SCHEDULERS}")
+        if not 0.0 <= self.eta <= 1.0:
+            raise UsageError(f"eta must be in [0, 1], got {self.eta!r}")
+
+
+C = TypeVar("C")
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config dataclass (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def config_from_dict(cls: type[C], data: dict[str, Any]) -> C:
+    """Build ``cls`` from a dict, rejecting unknown fields by name."""
+    names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ModelLoadError(f"unknown {cls.__name__} fields: {unknown}")
+    values = {}
+    for key, value in data.items():
+        default = names[key].default
+        values[key] = tuple(value) if isinstance(default, tuple) else value
+    return cls(**values)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """Read a JSON config file, turning every failure into a ModelLoadError naming the path."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError as err:
+        raise ModelLoadError(f"missing config file: {path}") from err
+    except (OSError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"cannot read config file {path}: {err}") from err
+
+
+@dataclass
+class PipelineConfig:
+    """What a pipeline folder's ``pipeline_config.json`` holds."""
+
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    # Frames per second the model was trained at (the paper's videos: 8 fps).
+    fps: int = 8
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PipelineConfig:
+        data = dict(data)
+        stream = config_from_dict(StreamConfig, data.pop("stream", {}))
+        sample = config_from_dict(SampleConfig, data.pop("sample", {}))
+        unknown = sorted(set(data) - {"fps"})
+        if unknown:
+            raise ModelLoadError(f"unknown PipelineConfig fields: {unknown}")
+        return cls(stream=stream, sample=sample, fps=data.get("fps", 8))

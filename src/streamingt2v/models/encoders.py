@@ -1,0 +1,122 @@
+"""Frozen encoders around transformers models: prompt -> tokens, frame -> pooled embedding.
+
+Both are pluggable: the text encoder is any transformers model whose ``last_hidden_state`` are
+token embeddings (CLIP's text tower for ModelScope, MiniLM for the embedded default); the
+image encoder is any CLIP-like vision tower with a pooled projected embedding
+(``image_embeds``, e.g. ``CLIPVisionModelWithProjection``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+import transformers
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel
+
+from ..config import ModelLoadError, read_json
+
+# CLIP's published normalization, used when an image encoder folder names none.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def load_transformers_model(path: Path) -> PreTrainedModel:
+    """Load a transformers model folder strictly: missing or unexpected weights are an error."""
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"missing model folder or its config.json: {path}")
+    # AutoModel maps a config to the bare tower (CLIPVisionModel, without the projection that
+    # the APM needs), so prefer the class that saved the folder, when transformers has it.
+    architectures = read_json(path / "config.json").get("architectures") or []
+    model_class = getattr(transformers, architectures[0], AutoModel) if architectures else AutoModel
+    try:
+        model, info = model_class.from_pretrained(path, output_loading_info=True)
+    except Exception as err:  # transformers raises many types for a broken folder
+        raise ModelLoadError(f"cannot load {path}: {err}") from err
+    bad = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys") and v}
+    if bad:
+        raise ModelLoadError(f"weights in {path} do not match its config: {bad}")
+    return model.eval().requires_grad_(False)
+
+
+class TextEncoder(nn.Module):
+    """Prompts -> (B, T, D) token embeddings, padded or truncated to exactly T tokens."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer, max_tokens: int):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_tokens = max_tokens
+
+    @classmethod
+    def from_folders(cls, model_dir: Path, tokenizer_dir: Path, max_tokens: int) -> TextEncoder:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        except Exception as err:
+            raise ModelLoadError(f"cannot load tokenizer {tokenizer_dir}: {err}") from err
+        return cls(load_transformers_model(model_dir), tokenizer, max_tokens)
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.hidden_size
+
+    @torch.no_grad()
+    def forward(self, prompts: list[str]) -> torch.Tensor:
+        ids = self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.max_tokens,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.model.device)  # (B, T)
+        # ModelScope feeds CLIP's hidden states without an attention mask; we do the same.
+        return self.model(input_ids=ids).last_hidden_state  # (B, T, D)
+
+
+class ImageEncoder(nn.Module):
+    """Frames in [-1, 1] -> pooled projected embeddings (B, E), with CLIP-style preprocessing.
+
+    Preprocessing as the official APM: resize to the tower's input size, CLIP normalization.
+    """
+
+    def __init__(self, model: PreTrainedModel, mean=CLIP_MEAN, std=CLIP_STD):
+        super().__init__()
+        self.model = model
+        self.size = model.config.image_size
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    @classmethod
+    def from_folder(cls, path: Path) -> ImageEncoder:
+        model = load_transformers_model(path)
+        if not hasattr(model, "visual_projection") and not hasattr(model.config, "projection_dim"):
+            raise ModelLoadError(f"{path} is not a CLIP-like vision model with a projection")
+        preprocessor = path / "preprocessor_config.json"
+        if preprocessor.is_file():
+            cfg = read_json(preprocessor)
+            return cls(model, cfg.get("image_mean", CLIP_MEAN), cfg.get("image_std", CLIP_STD))
+        return cls(model)
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.projection_dim
+
+    @torch.no_grad()
+    def forward(self, frames_bchw: torch.Tensor) -> torch.Tensor:
+        """frames: (B, 3, H, W) in [-1, 1] -> (B, E)."""
+        x = (frames_bchw.float().clamp(-1, 1) + 1) / 2  # (B, 3, H, W) in [0, 1]
+        x = nn.functional.interpolate(
+            x, size=(self.size, self.size), mode="bicubic", align_corners=False, antialias=True
+        )
+        x = ((x - self.mean) / self.std).to(self.model.dtype)
+        return self.model(pixel_values=x).image_embeds  # (B, E)
+
+    @torch.no_grad()
+    def unconditional(self, batch: int) -> torch.Tensor:
+        """Embedding of an all-zeros image: the APM's unconditional branch (official code).
+
+        The zeros are the tower's input (after normalization).
+        """
+        zeros = torch.zeros(batch, 3, self.size, self.size, device=self.mean.device)
+        return self.model(pixel_values=zeros.to(self.model.dtype)).image_embeds  # (B, E)

@@ -1,0 +1,142 @@
+"""Our forward pass over diffusers' ``UNet3DConditionModel`` (ModelScope's architecture).
+
+The UNet is split into an encoder half and a decoder half so that the CAM can rewrite every
+skip connection and the mid-block output in between (paper Sec. 4.2.1). We reuse the UNet's
+own submodules and never fork diffusers' files: a ModelScope checkpoint loads unchanged, and
+``unet_forward(unet, ...)`` without a merge equals ``unet(...)`` to the bit (tested).
+
+``encode`` also runs on the CAM trunk, which owns modules of the same names (``conv_in``,
+``time_proj``, ``time_embedding``, ``transformer_in``, ``down_blocks``, ``mid_block``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from diffusers import UNet3DConditionModel
+from torch import nn
+
+
+@dataclass
+class UNetFeatures:
+    """The encoder half's output: everything the decoder half needs."""
+
+    skips: list[torch.Tensor]  # each (B*F, C_i, H_i, W_i), in the order the encoder made them
+    mid: torch.Tensor  # (B*F, C_mid, H_mid, W_mid)
+    emb: torch.Tensor  # (B*F, C_temb) time embedding, repeated per frame
+    context: torch.Tensor  # (B*F, T, D) cross-attention tokens, repeated per frame
+    num_frames: int
+    batch: int
+
+
+Merge = Callable[[UNetFeatures], UNetFeatures]
+
+
+def _time_embedding(unet: nn.Module, timestep: torch.Tensor | float | int, batch: int, dtype):
+    if not torch.is_tensor(timestep):
+        timestep = torch.tensor([timestep], dtype=torch.int64)
+    timesteps = timestep.reshape(-1).to(unet.conv_in.weight.device).expand(batch)  # (B,)
+    # time_proj always returns fp32; the embedding MLP may run in half precision.
+    return unet.time_embedding(unet.time_proj(timesteps).to(dtype))  # (B, C_temb)
+
+
+def encode(
+    unet: nn.Module,
+    sample: torch.Tensor,
+    timestep: torch.Tensor | float | int,
+    context: torch.Tensor,
+    input_residual: torch.Tensor | None = None,
+) -> UNetFeatures:
+    """Run conv_in, the temporal input transformer, the down blocks and the mid block.
+
+    sample: (B, C, F, H, W) noisy latents; context: (B, T, D) tokens.
+    input_residual: (B*F, C_0, H, W), added after conv_in + transformer_in (the CAM's E_cond
+    output enters the CAM trunk here, as in ControlNet).
+    """
+    batch, _, num_frames = sample.shape[:3]
+    dtype = unet.conv_in.weight.dtype
+    emb = _time_embedding(unet, timestep, batch, dtype)
+    emb = emb.repeat_interleave(num_frames, dim=0)  # (B*F, C_temb)
+    context = context.repeat_interleave(num_frames, dim=0)  # (B*F, T, D)
+
+    h = sample.permute(0, 2, 1, 3, 4).flatten(0, 1)  # (B*F, C, H, W)
+    h = unet.conv_in(h)
+    h = unet.transformer_in(h, num_frames=num_frames, return_dict=False)[0]
+    if input_residual is not None:
+        h = h + input_residual
+    skips = [h]
+    for block in unet.down_blocks:
+        if getattr(block, "has_cross_attention", False):
+            h, res = block(
+                hidden_states=h, temb=emb, encoder_hidden_states=context, num_frames=num_frames
+            )
+        else:
+            h, res = block(hidden_states=h, temb=emb, num_frames=num_frames)
+        skips.extend(res)
+    h = unet.mid_block(h, emb, encoder_hidden_states=context, num_frames=num_frames)
+    return UNetFeatures(skips, h, emb, context, num_frames, batch)
+
+
+def decode(unet: UNet3DConditionModel, feats: UNetFeatures) -> torch.Tensor:
+    """Run the up blocks and the output head on (possibly fused) features -> (B, C, F, H, W)."""
+    skips = list(feats.skips)
+    h = feats.mid
+    # Latent sizes that the down path floor-divided need the up path told their exact size.
+    up_factor = 2**unet.num_upsamplers
+    force_size = any(s % up_factor for s in skips[0].shape[-2:])
+    for i, block in enumerate(unet.up_blocks):
+        res = tuple(skips[-len(block.resnets) :])
+        skips = skips[: -len(block.resnets)]
+        size = skips[-1].shape[2:] if force_size and i < len(unet.up_blocks) - 1 else None
+        kwargs: dict[str, Any] = dict(
+            hidden_states=h,
+            temb=feats.emb,
+            res_hidden_states_tuple=res,
+            upsample_size=size,
+            num_frames=feats.num_frames,
+        )
+        if getattr(block, "has_cross_attention", False):
+            kwargs["encoder_hidden_states"] = feats.context
+        h = block(**kwargs)
+    if unet.conv_norm_out is not None:
+        h = unet.conv_act(unet.conv_norm_out(h))
+    h = unet.conv_out(h)  # (B*F, C_out, H, W)
+    return h.unflatten(0, (feats.batch, feats.num_frames)).permute(0, 2, 1, 3, 4)  # (B,C,F,H,W)
+
+
+def unet_forward(
+    unet: UNet3DConditionModel,
+    sample: torch.Tensor,
+    timestep: torch.Tensor | float | int,
+    context: torch.Tensor,
+    merge: Merge | None = None,
+) -> torch.Tensor:
+    """The base UNet's noise prediction, with an optional rewrite of its skips in between."""
+    feats = encode(unet, sample, timestep, context)
+    if merge is not None:
+        feats = merge(feats)
+    return decode(unet, feats)
+
+
+def skip_channels(unet_config: dict[str, Any]) -> list[int]:
+    """Channel width of every skip connection that ``encode`` returns, in order.
+
+    ModelScope (4 levels, 2 layers each, 3 downsamplers) has 12: conv_in, 2 per level, and one
+    per downsampler.
+    """
+    widths = list(unet_config["block_out_channels"])
+    layers = unet_config["layers_per_block"]
+    channels = [widths[0]]
+    for level, width in enumerate(widths):
+        channels += [width] * layers
+        if level < len(widths) - 1:
+            channels.append(width)  # the downsampler's output
+    return channels
+
+
+def with_skips(feats: UNetFeatures, skips: list[torch.Tensor], mid: torch.Tensor) -> UNetFeatures:
+    """Features with replaced skips and mid-block output."""
+    return replace(feats, skips=skips, mid=mid)

@@ -1,0 +1,78 @@
+"""Saving and strictly loading weights: safetensors with their config, never pickles.
+
+Our own modules (CAM, APM) are saved as ``config.json`` + ``model.safetensors`` whose metadata
+also carries the config. diffusers and transformers components use their own
+``save_pretrained`` folders, loaded here with missing or unexpected keys treated as errors.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..config import ModelLoadError, read_json
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+def save_module(module: nn.Module, folder: Path, config: dict[str, Any]) -> None:
+    """Write ``folder/config.json`` and ``folder/model.safetensors`` (config in its metadata)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(config, indent=2, sort_keys=True)
+    (folder / CONFIG_NAME).write_text(text + "\n")
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    save_file(state, folder / WEIGHTS_NAME, metadata={"config": text})
+
+
+def load_state_strict(module: nn.Module, path: Path) -> None:
+    """Load a safetensors file into ``module``; any key or shape mismatch is a ModelLoadError
+    naming the keys."""
+    if not path.is_file():
+        raise ModelLoadError(f"missing weights file: {path}")
+    try:
+        state = load_file(path)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ModelLoadError(f"corrupt weights file {path}: {err}") from err
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"weights in {path} do not match the model: "
+            f"missing keys {_few(missing)}, unexpected keys {_few(unexpected)}"
+        )
+    wrong = [k for k, v in state.items() if v.shape != expected[k].shape]
+    if wrong:
+        shapes = {k: (tuple(state[k].shape), tuple(expected[k].shape)) for k in wrong[:5]}
+        raise ModelLoadError(f"weights in {path} have wrong shapes (file, model): {shapes}")
+    module.load_state_dict(state, strict=True)
+
+
+def read_module_config(folder: Path) -> dict[str, Any]:
+    return read_json(folder / CONFIG_NAME)
+
+
+def load_diffusers(cls, folder: Path, dtype: torch.dtype | None = None):
+    """``cls.from_pretrained(folder)`` with missing or unexpected keys treated as errors."""
+    if not (folder / CONFIG_NAME).is_file():
+        raise ModelLoadError(f"missing model folder or its config.json: {folder}")
+    try:
+        model, info = cls.from_pretrained(folder, output_loading_info=True, torch_dtype=dtype)
+    except Exception as err:  # diffusers raises many types for broken folders
+        raise ModelLoadError(f"cannot load {cls.__name__} from {folder}: {err}") from err
+    bad = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys") and v}
+    if bad:
+        raise ModelLoadError(f"weights in {folder} do not match its config: {bad}")
+    return model
+
+
+def _few(keys: list[str], limit: int = 10) -> str:
+    shown = ", ".join(keys[:limit]) or "none"
+    return f"[{shown}{f', ... ({len(keys)} in all)' if len(keys) > limit else ''}]"

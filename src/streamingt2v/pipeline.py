@@ -1,0 +1,347 @@
+"""``StreamingT2VPipeline``: the models of all stages, loaded from and saved to one folder.
+
+Folder layout (a ModelScope diffusers folder is a valid base-only pipeline folder):
+
+    unet/ vae/ text_encoder/ tokenizer/ scheduler/    ModelScope layout: the base T2V model
+    stream_unet/        the base UNet fine-tuned for streaming chunks (optional; else unet/)
+    cam/ apm/           our modules: config.json + model.safetensors
+    image_encoder/      CLIP-like vision tower for the APM (transformers folder)
+    pipeline_config.json, model_index.json
+
+The pipeline only holds models and the small conversions between pixels, latents and tokens;
+the chunk loop lives in ``streaming``, the sampler in ``sampling``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
+
+from . import __version__
+from .config import (
+    ApmConfig,
+    CamConfig,
+    ModelLoadError,
+    PipelineConfig,
+    SampleConfig,
+    StreamConfig,
+    UsageError,
+    config_from_dict,
+    config_to_dict,
+    read_json,
+)
+from .models.apm import AppearancePreservationModule
+from .models.cam import ConditionalAttentionModule, check_frame_encoder_matches
+from .models.encoders import ImageEncoder, TextEncoder
+from .models.weights import (
+    WEIGHTS_NAME,
+    load_diffusers,
+    load_state_strict,
+    read_module_config,
+    save_module,
+)
+from .streaming import Request, VideoChunk, chunk_count, stream
+
+STREAMING_PARTS = ("cam", "apm", "image_encoder")
+
+
+@dataclass
+class VideoOutput:
+    """A whole generated video, for short videos (long ones: iterate ``pipe.stream``)."""
+
+    frames: np.ndarray  # (N, H, W, 3) uint8
+    chunks: list[VideoChunk]  # per-chunk metadata; their ``frames`` are views into ``frames``
+    fps: int
+
+
+class StreamingT2VPipeline:
+    def __init__(
+        self,
+        unet: UNet3DConditionModel,
+        vae: AutoencoderKL,
+        text_encoder: TextEncoder,
+        scheduler_config: dict,
+        config: PipelineConfig | None = None,
+        stream_unet: UNet3DConditionModel | None = None,
+        cam: ConditionalAttentionModule | None = None,
+        apm: AppearancePreservationModule | None = None,
+        image_encoder: ImageEncoder | None = None,
+    ):
+        self.unet = unet.eval()
+        self.vae = vae.eval()
+        self.text_encoder = text_encoder.eval()
+        self.scheduler_config = dict(scheduler_config)
+        self.config = config or PipelineConfig()
+        self.stream_unet = (stream_unet or unet).eval()
+        self.cam = cam.eval() if cam is not None else None
+        self.apm = apm.eval() if apm is not None else None
+        self.image_encoder = image_encoder.eval() if image_encoder is not None else None
+        parts = [p is None for p in (cam, apm, image_encoder)]
+        if any(parts) and not all(parts):
+            raise ModelLoadError(f"streaming needs all of {STREAMING_PARTS}, got only some")
+        if self.apm is not None:
+            self.apm.attach(self.stream_unet)
+        if self.cam is not None:
+            check_frame_encoder_matches(self.cam.config, self.vae_scale_factor)
+
+    # ----------------------------------------------------------------- construction
+    def add_streaming_modules(
+        self,
+        image_encoder: ImageEncoder,
+        cam_config: CamConfig | None = None,
+        apm_config: ApmConfig | None = None,
+    ) -> StreamingT2VPipeline:
+        """Fresh (untrained) CAM and APM for this base model: the start of streaming training.
+
+        Untrained, they leave the base model's output unchanged (zero-initialized outputs).
+        """
+        apm_config = apm_config or ApmConfig(
+            image_embed_dim=image_encoder.dim,
+            text_tokens=self.config.stream.text_tokens,
+            cross_attention_dim=self.stream_unet.config.cross_attention_dim,
+        )
+        return StreamingT2VPipeline(
+            self.unet,
+            self.vae,
+            self.text_encoder,
+            self.scheduler_config,
+            self.config,
+            stream_unet=self.stream_unet,
+            cam=ConditionalAttentionModule.from_unet(self.stream_unet, cam_config),
+            apm=AppearancePreservationModule.for_unet(self.stream_unet, apm_config),
+            image_encoder=image_encoder,
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> StreamingT2VPipeline:
+        """Load a pipeline folder (or a ModelScope diffusers folder, as a base-only pipeline).
+
+        Every component is loaded strictly: missing or unexpected weights raise a
+        ModelLoadError that names them.
+        """
+        root = Path(path)
+        if not root.is_dir():
+            raise ModelLoadError(f"model folder not found: {root}")
+        config_file = root / "pipeline_config.json"
+        config = (
+            PipelineConfig.from_dict(read_json(config_file))
+            if config_file.is_file()
+            else PipelineConfig()
+        )
+        unet = load_diffusers(UNet3DConditionModel, root / "unet")
+        vae = load_diffusers(AutoencoderKL, root / "vae")
+        text_encoder = TextEncoder.from_folders(
+            root / "text_encoder", root / "tokenizer", config.stream.text_tokens
+        )
+        scheduler_config = read_json(root / "scheduler" / "scheduler_config.json")
+        stream_unet = (
+            load_diffusers(UNet3DConditionModel, root / "stream_unet")
+            if (root / "stream_unet").is_dir()
+            else None
+        )
+        present = [(root / part).is_dir() for part in STREAMING_PARTS]
+        if any(present) and not all(present):
+            missing = [p for p, ok in zip(STREAMING_PARTS, present, strict=True) if not ok]
+            raise ModelLoadError(f"{root} has streaming modules but lacks {missing}")
+        cam = apm = image_encoder = None
+        if all(present):
+            cam = _load_cam(root / "cam")
+            apm = _load_apm(root / "apm")
+            image_encoder = ImageEncoder.from_folder(root / "image_encoder")
+        pipe = cls(
+            unet, vae, text_encoder, scheduler_config, config, stream_unet, cam, apm, image_encoder
+        )
+        return pipe.to(device, dtype)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write the pipeline folder (safetensors weights, JSON configs)."""
+        root = Path(path)
+        root.mkdir(parents=True, exist_ok=True)
+        self.unet.save_pretrained(root / "unet")
+        if self.stream_unet is not self.unet:
+            self.stream_unet.save_pretrained(root / "stream_unet")
+        self.vae.save_pretrained(root / "vae")
+        self.text_encoder.model.save_pretrained(root / "text_encoder")
+        self.text_encoder.tokenizer.save_pretrained(root / "tokenizer")
+        DDIMScheduler.from_config(self.scheduler_config).save_pretrained(root / "scheduler")
+        (root / "pipeline_config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
+        if self.cam is not None:
+            save_module(self.cam, root / "cam", _cam_config_dict(self.cam))
+            save_module(
+                self.apm,
+                root / "apm",
+                config_to_dict(self.apm.config) | {"num_layers": len(self.apm.mixers)},
+            )
+            encoder = self.image_encoder
+            encoder.model.save_pretrained(root / "image_encoder")
+            (root / "image_encoder" / "preprocessor_config.json").write_text(
+                json.dumps(
+                    {
+                        "image_mean": encoder.mean.flatten().tolist(),
+                        "image_std": encoder.std.flatten().tolist(),
+                    }
+                )
+            )
+        index = {"_class_name": "StreamingT2VPipeline", "_streamingt2v_version": __version__}
+        (root / "model_index.json").write_text(json.dumps(index, indent=2))
+
+    def to(self, device: str | torch.device, dtype: torch.dtype | None = None):
+        for module in self._modules():
+            module.to(device=device, dtype=dtype)
+        return self
+
+    def _modules(self):
+        modules = [self.unet, self.stream_unet, self.vae, self.text_encoder]
+        return modules + [m for m in (self.cam, self.apm, self.image_encoder) if m is not None]
+
+    # ----------------------------------------------------------------- conversions
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """(height, width) in pixels of the frames the model makes."""
+        size = self.unet.config.sample_size * self.vae_scale_factor
+        return size, size
+
+    def latent_shape(self, frames: int) -> tuple[int, ...]:
+        height, width = self.frame_size
+        f = self.vae_scale_factor
+        return (1, self.unet.config.in_channels, frames, height // f, width // f)
+
+    def encode_prompt(self, prompt: str, negative_prompt: str = "") -> torch.Tensor:
+        """(2, T, D) text tokens as [negative, prompt] for classifier-free guidance."""
+        return self.text_encoder([negative_prompt, prompt]).to(self.dtype)
+
+    def encode_anchor(self, frame: torch.Tensor) -> torch.Tensor:
+        """(2, E) APM embeddings as [all-zeros image, anchor]; frame: (1, 3, H, W) in [-1, 1]."""
+        self._require_streaming()
+        anchor = self.image_encoder(frame)
+        return torch.cat([self.image_encoder.unconditional(1), anchor]).to(self.dtype)
+
+    def decode_latents(self, latents: torch.Tensor, frames_per_batch: int = 8) -> torch.Tensor:
+        """(1, C, F, h, w) latents -> (1, 3, F, H, W) pixels in [-1, 1], a few frames at a time."""
+        per_frame = latents[0].permute(1, 0, 2, 3) / self.vae.config.scaling_factor  # (F,C,h,w)
+        pixels = [
+            self.vae.decode(part.to(self.vae.dtype)).sample
+            for part in per_frame.split(frames_per_batch)
+        ]
+        return torch.cat(pixels).permute(1, 0, 2, 3)[None].float()  # (1, 3, F, H, W)
+
+    def to_model_frames(self, frames_fhwc: np.ndarray) -> torch.Tensor:
+        """(F, H, W, 3) uint8 -> (1, 3, F, H, W) in [-1, 1] on the model's device."""
+        expected = self.frame_size
+        if tuple(frames_fhwc.shape[1:3]) != expected:
+            raise UsageError(f"frames are {frames_fhwc.shape[1:3]}, the model makes {expected}")
+        x = torch.from_numpy(np.ascontiguousarray(frames_fhwc)).to(self.device)
+        x = x.permute(3, 0, 1, 2)[None].float() / 127.5 - 1  # (1, 3, F, H, W)
+        return x.to(self.dtype)
+
+    def _require_streaming(self) -> None:
+        if self.cam is None:
+            raise UsageError(
+                "this model has no streaming modules (cam/, apm/, image_encoder/): it can make "
+                f"only the first {self.config.stream.chunk_frames} frames"
+            )
+
+    # ----------------------------------------------------------------- generation
+    def request(
+        self,
+        prompt: str,
+        num_frames: int,
+        seed: int = 0,
+        steps: int | None = None,
+        guidance: float | None = None,
+        scheduler: str | None = None,
+        negative_prompt: str | None = None,
+    ) -> Request:
+        """A validated Request; unset settings take the model's defaults."""
+        defaults = self.config.sample
+        sample_config = SampleConfig(
+            steps=defaults.steps if steps is None else steps,
+            guidance=defaults.guidance if guidance is None else guidance,
+            scheduler=defaults.scheduler if scheduler is None else scheduler,
+            eta=defaults.eta,
+            negative_prompt=defaults.negative_prompt
+            if negative_prompt is None
+            else negative_prompt,
+        )
+        request = Request(prompt, num_frames, seed, sample_config)
+        if chunk_count(num_frames, self.config.stream) > 1:
+            self._require_streaming()
+        return request
+
+    def stream(
+        self, prompt: str, num_frames: int, progress: bool = False, **settings
+    ) -> Iterator[VideoChunk]:
+        """Yield chunks of new frames as they are made (constant memory in the video length).
+
+        Settings: seed, steps, guidance, scheduler ("ddim" or "dpm"), negative_prompt.
+        """
+        return stream(self, self.request(prompt, num_frames, **settings), progress=progress)
+
+    def __call__(
+        self, prompt: str, num_frames: int, progress: bool = False, **settings
+    ) -> VideoOutput:
+        """Generate a whole video in memory; same settings as ``stream``."""
+        chunks = list(self.stream(prompt, num_frames, progress=progress, **settings))
+        frames = np.concatenate([c.frames for c in chunks])
+        return VideoOutput(frames=frames, chunks=chunks, fps=self.config.fps)
+
+
+def _cam_config_dict(cam: ConditionalAttentionModule) -> dict:
+    return {"cam": config_to_dict(cam.config), "unet_config": _plain(cam.unet_config)}
+
+
+def _plain(unet_config: dict) -> dict:
+    """A diffusers config as plain JSON (drops private keys such as ``_class_name``)."""
+    return {
+        k: v
+        for k, v in json.loads(json.dumps(unet_config, default=list)).items()
+        if not k.startswith("_")
+    }
+
+
+def _load_cam(folder: Path) -> ConditionalAttentionModule:
+    data = read_module_config(folder)
+    try:
+        cam = ConditionalAttentionModule(
+            data["unet_config"], config_from_dict(CamConfig, data["cam"])
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise ModelLoadError(f"bad CAM config in {folder}: {err}") from err
+    load_state_strict(cam, folder / WEIGHTS_NAME)
+    return cam
+
+
+def _load_apm(folder: Path) -> AppearancePreservationModule:
+    data = dict(read_module_config(folder))
+    layers = data.pop("num_layers", None)
+    if not isinstance(layers, int):
+        raise ModelLoadError(f"APM config in {folder} lacks an integer num_layers")
+    apm = AppearancePreservationModule(config_from_dict(ApmConfig, data), layers)
+    load_state_strict(apm, folder / WEIGHTS_NAME)
+    return apm
+
+
+__all__ = ["StreamingT2VPipeline", "VideoOutput", "StreamConfig"]

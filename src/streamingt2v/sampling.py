@@ -1,0 +1,103 @@
+"""Denoisers and the sampling loop.
+
+A *denoiser* is a closure ``(x, t) -> eps`` over latents ``(B, C, F, H, W)``; classifier-free
+guidance, the CAM's conditioning features and the APM's image tokens are bound into it here,
+so the UNet knows nothing of guidance (STYLE 2). The loop ``sample`` steps any diffusers
+scheduler (DDIM, DPM-Solver++) with one calling convention; the streaming loop calls it and
+never re-implements a step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from tqdm.auto import tqdm
+
+from .config import SampleConfig
+from .models.apm import AppearancePreservationModule
+from .models.cam import ConditionalAttentionModule
+from .models.unet import unet_forward
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def make_scheduler(config: SampleConfig, scheduler_config: dict[str, Any]) -> SchedulerMixin:
+    """A fresh scheduler (they hold per-run state) with ``config.steps`` timesteps set."""
+    if config.scheduler == "ddim":
+        scheduler = DDIMScheduler.from_config(scheduler_config)
+    else:
+        scheduler = DPMSolverMultistepScheduler.from_config(
+            scheduler_config, algorithm_type="dpmsolver++", solver_order=2
+        )
+    scheduler.set_timesteps(config.steps)
+    return scheduler
+
+
+def guided(model: Denoiser, guidance: float) -> Denoiser:
+    """Classifier-free guidance over a model that takes the doubled batch [uncond, cond]."""
+
+    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        uncond, cond = model(torch.cat([x, x]), t).chunk(2)
+        return uncond + guidance * (cond - uncond)
+
+    return denoise
+
+
+def text_denoiser(unet, context: torch.Tensor, guidance: float) -> Denoiser:
+    """The base model alone (the first chunk). context: (2B, T, D) as [negative, prompt]."""
+    return guided(lambda x, t: unet_forward(unet, x, t, context), guidance)
+
+
+def stream_denoiser(
+    unet,
+    cam: ConditionalAttentionModule,
+    apm: AppearancePreservationModule,
+    context: torch.Tensor,
+    image_embeds: torch.Tensor,
+    cond_frames: torch.Tensor,
+    guidance: float,
+) -> Denoiser:
+    """Base UNet + CAM + APM for one streaming chunk.
+
+    context: (2B, T, D) text tokens as [negative, prompt]; image_embeds: (2B, E) as
+    [zeros image, anchor frame]; cond_frames: (B, 3, F_cond, H, W) pixels in [-1, 1], the last
+    frames of the output so far. Both guidance branches see the same conditioning frames.
+    """
+    frame_features = cam.embed_frames(cond_frames)  # (B*F_cond, C0, h, w), once per chunk
+    frame_features = torch.cat([frame_features, frame_features])  # both guidance branches
+    full_context = apm.extend_context(context, image_embeds)  # (2B, T+k, D)
+    cond_count = cond_frames.shape[2]
+
+    def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        # The CAM trunk sees the conditioning positions' noisy latents and text tokens only.
+        cam_feats = cam.features(x[:, :, :cond_count], t, context, frame_features)
+        return unet_forward(unet, x, t, full_context, merge=lambda f: cam.merge(f, cam_feats))
+
+    return guided(model, guidance)
+
+
+def sample(
+    denoise: Denoiser,
+    latents: torch.Tensor,
+    scheduler: SchedulerMixin,
+    generator: torch.Generator,
+    eta: float = 1.0,
+    progress: bool = False,
+    desc: str = "steps",
+) -> torch.Tensor:
+    """Run ``scheduler``'s timesteps from noise ``latents`` (B, C, F, H, W) to clean latents.
+
+    ``generator`` feeds the stochastic steps (DDIM with eta > 0), so a run depends only on it.
+    """
+    x = latents * scheduler.init_noise_sigma
+    kwargs: dict[str, Any] = {"generator": generator}
+    if isinstance(scheduler, DDIMScheduler):
+        kwargs["eta"] = eta
+    for t in tqdm(scheduler.timesteps, desc=desc, disable=not progress, leave=False):
+        eps = denoise(scheduler.scale_model_input(x, t), t)
+        x = scheduler.step(eps, t, x, **kwargs).prev_sample
+    return x

@@ -1,0 +1,190 @@
+"""The autoregressive chunk loop (paper Sec. 4, "Streaming T2V").
+
+Chunk 0 comes from the base text-to-video model alone. Every later chunk has F frames whose
+first F_cond positions stand for the last F_cond frames of the output so far: those frames
+condition the chunk through the CAM, and the chunk's own frames at those positions are
+dropped. So each later chunk adds F - F_cond frames: 16 + 8 (n - 1) frames for n chunks.
+The APM anchor is frame 0 of chunk 0, for every chunk.
+
+Memory stays constant in the video's length: a chunk is decoded and handed out as soon as it
+is made, and the loop keeps only the conditioning frames and the anchor embedding.
+
+Each chunk's noise (initial latents and the stochastic sampler steps) comes from one
+generator seeded by (seed, chunk index), so any chunk can be regenerated alone from its
+conditioning frames and the anchor, bit for bit (tested).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .config import SampleConfig, StreamConfig, UsageError
+from .sampling import make_scheduler, sample, stream_denoiser, text_denoiser
+
+if TYPE_CHECKING:
+    from .pipeline import StreamingT2VPipeline
+
+
+@dataclass
+class Request:
+    """What to generate. ``num_frames`` may be any integer >= 1 (see ``chunk_count``)."""
+
+    prompt: str
+    num_frames: int
+    seed: int = 0
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise UsageError(f"prompt must be a non-empty string, got {self.prompt!r}")
+        n = self.num_frames
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise UsageError(f"number of frames must be an integer >= 1, got {n!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise UsageError(f"seed must be an integer >= 0, got {self.seed!r}")
+
+
+@dataclass
+class VideoChunk:
+    """One chunk's new frames, as handed out by ``stream``."""
+
+    index: int
+    start: int  # index in the output video of this chunk's first frame
+    frames: np.ndarray  # (F_new, H, W, 3) uint8
+    seed: int  # the seed of this chunk's generator
+    seconds: float  # wall time to make it, decoding included
+
+
+def chunk_count(num_frames: int, stream: StreamConfig) -> int:
+    """Chunks needed for ``num_frames``: enough to cover them; the last one is trimmed.
+
+    A request shorter than one chunk still generates the whole first chunk (F frames) and
+    keeps its first ``num_frames``.
+    """
+    extra = max(0, num_frames - stream.chunk_frames)
+    return 1 + math.ceil(extra / stream.new_frames)
+
+
+def chunk_seed(seed: int, index: int) -> int:
+    """A 63-bit seed for chunk ``index`` of a run with ``seed``, independent across chunks."""
+    digest = hashlib.sha256(f"streamingt2v:{seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def generate_chunk(
+    pipe: StreamingT2VPipeline,
+    request: Request,
+    index: int,
+    context: torch.Tensor,
+    cond_frames: torch.Tensor | None = None,
+    image_embeds: torch.Tensor | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Make chunk ``index`` and return its new frames decoded, (1, 3, F_new, H, W) in [-1, 1].
+
+    Chunk 0 needs only the text context (2, T, D). A later chunk needs the conditioning frames
+    (1, 3, F_cond, H, W) and the APM image embeddings (2, E) as [zeros image, anchor].
+    """
+    stream = pipe.config.stream
+    generator = torch.Generator("cpu").manual_seed(chunk_seed(request.seed, index))
+    noise = torch.randn(pipe.latent_shape(stream.chunk_frames), generator=generator)
+    noise = noise.to(device=pipe.device, dtype=pipe.dtype)  # (1, C, F, h, w)
+    scheduler = make_scheduler(request.sample, pipe.scheduler_config)
+    if index == 0:
+        denoise = text_denoiser(pipe.unet, context, request.sample.guidance)
+    else:
+        if cond_frames is None or image_embeds is None:
+            raise ValueError(f"chunk {index} needs conditioning frames and the anchor embedding")
+        denoise = stream_denoiser(
+            pipe.stream_unet,
+            pipe.cam,
+            pipe.apm,
+            context,
+            image_embeds,
+            cond_frames,
+            request.sample.guidance,
+        )
+    latents = sample(
+        denoise,
+        noise,
+        scheduler,
+        generator,
+        eta=request.sample.eta,
+        progress=progress,
+        desc=f"chunk {index}",
+    )
+    keep_from = 0 if index == 0 else stream.cond_frames
+    return pipe.decode_latents(latents[:, :, keep_from:])
+
+
+def regenerate_chunk(
+    pipe: StreamingT2VPipeline,
+    request: Request,
+    index: int,
+    cond_frames: np.ndarray | None = None,
+    anchor: np.ndarray | None = None,
+) -> np.ndarray:
+    """Chunk ``index`` of ``request`` alone, from the frames a full run had produced before it.
+
+    cond_frames: (F_cond, H, W, 3) uint8, the F_cond frames preceding the chunk in the video;
+    anchor: (H, W, 3) uint8, the video's frame 0. Returns the chunk's new frames, untrimmed,
+    (F_new, H, W, 3) uint8: equal to that chunk inside the full run.
+    """
+    with torch.inference_mode():
+        context = pipe.encode_prompt(request.prompt, request.sample.negative_prompt)
+        cond = embeds = None
+        if index > 0:
+            if cond_frames is None or anchor is None:
+                raise UsageError(f"chunk {index} needs its conditioning frames and the anchor")
+            cond = pipe.to_model_frames(cond_frames)
+            embeds = pipe.encode_anchor(pipe.to_model_frames(anchor[None])[:, :, 0])
+        frames = generate_chunk(pipe, request, index, context, cond, embeds)
+    return to_uint8_fhwc(frames[0])
+
+
+def stream(
+    pipe: StreamingT2VPipeline, request: Request, progress: bool = False
+) -> Iterator[VideoChunk]:
+    """Yield the video chunk by chunk; exactly ``request.num_frames`` frames in all.
+
+    The conditioning frames and the anchor are taken from the uint8 frames handed out, so a
+    chunk depends only on what the video holds (and can be regenerated from a saved video).
+    """
+    stream_cfg = pipe.config.stream
+    total = chunk_count(request.num_frames, stream_cfg)
+    with torch.inference_mode():
+        context = pipe.encode_prompt(request.prompt, request.sample.negative_prompt)
+    made = 0
+    cond = embeds = None
+    for index in tqdm(range(total), desc="chunks", disable=not progress):
+        started = time.perf_counter()
+        with torch.inference_mode():
+            decoded = generate_chunk(pipe, request, index, context, cond, embeds, progress)
+            frames = to_uint8_fhwc(decoded[0])  # (F_new, H, W, 3)
+            if index == 0:
+                embeds = pipe.encode_anchor(pipe.to_model_frames(frames[:1])[:, :, 0])
+            cond = pipe.to_model_frames(frames[-stream_cfg.cond_frames :])
+        keep = min(len(frames), request.num_frames - made)
+        yield VideoChunk(
+            index=index,
+            start=made,
+            frames=frames[:keep],
+            seed=chunk_seed(request.seed, index),
+            seconds=time.perf_counter() - started,
+        )
+        made += keep
+
+
+def to_uint8_fhwc(video_cfhw: torch.Tensor) -> np.ndarray:
+    """(3, F, H, W) in [-1, 1] -> (F, H, W, 3) uint8, rounding to nearest."""
+    x = ((video_cfhw.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(1, 2, 3, 0).cpu().numpy()  # (F, H, W, 3)
