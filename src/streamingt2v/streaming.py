@@ -170,9 +170,9 @@ def stream(
         with torch.inference_mode():
             decoded = generate_chunk(pipe, request, index, context, cond, embeds, progress)
             frames = to_uint8_fhwc(decoded[0])  # (F_new, H, W, 3)
-            if index == 0:
+            if index == 0 and total > 1:
                 embeds = pipe.encode_anchor(pipe.to_model_frames(frames[:1])[:, :, 0])
-            cond = pipe.to_model_frames(frames[-stream_cfg.cond_frames :])
+            cond = pipe.to_model_frames(frames[-stream_cfg.cond_frames :])  # (1, 3, F_cond, H, W)
         keep = min(len(frames), request.num_frames - made)
         yield VideoChunk(
             index=index,

@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import nn
 import transformers
+from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 
 from ..config import ModelLoadError, read_json

@@ -1,0 +1,30 @@
+"""Tiny seeded CPU models shared by the tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from streamingt2v.random_models import random_pipeline, write_modelscope_folder
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe():
+    """A tiny random pipeline with an untrained (zero-initialized) CAM and APM."""
+    return random_pipeline("tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_pipe):
+    """The tiny pipeline saved as a pipeline folder."""
+    path = tmp_path_factory.mktemp("tiny_model")
+    tiny_pipe.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def modelscope_dir(tmp_path_factory):
+    """A tiny random base model in ModelScope's diffusers layout."""
+    return write_modelscope_folder(tmp_path_factory.mktemp("modelscope"), "tiny", seed=3)

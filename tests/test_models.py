@@ -1,0 +1,141 @@
+"""The base forward, the CAM and the APM: exact properties on tiny seeded models."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from streamingt2v.models.apm import spatial_cross_attention_names
+from streamingt2v.models.unet import encode, skip_channels, unet_forward
+from streamingt2v.random_models import SCALES, make_unet, perturb_, random_pipeline
+from streamingt2v.sampling import stream_denoiser, text_denoiser
+
+
+def _inputs(pipe, frames=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(pipe.latent_shape(frames), generator=g)  # (1, C, F, h, w)
+    context = torch.randn(1, pipe.config.stream.text_tokens, pipe.unet.config.cross_attention_dim,
+                          generator=g)
+    height, width = pipe.frame_size
+    cond = torch.rand(1, 3, pipe.config.stream.cond_frames, height, width, generator=g) * 2 - 1
+    embeds = torch.randn(1, pipe.image_encoder.dim, generator=g)
+    return x, context, cond, embeds
+
+
+def _stream_eps(pipe, x, t, context, cond, embeds):
+    """The streaming model's conditional noise prediction (no guidance)."""
+    feats = pipe.cam.embed_frames(cond)
+    cam = pipe.cam.features(x[:, :, : cond.shape[2]], t, context, feats)
+    full = pipe.apm.extend_context(context, embeds)
+    return unet_forward(pipe.stream_unet, x, t, full, merge=lambda f: pipe.cam.merge(f, cam))
+
+
+@torch.no_grad()
+def test_our_forward_equals_diffusers_forward(tiny_pipe):
+    x, context, _, _ = _inputs(tiny_pipe)
+    ours = unet_forward(tiny_pipe.unet, x, 500, context)
+    theirs = tiny_pipe.unet(x, 500, context).sample
+    assert torch.equal(ours, theirs)
+
+
+@torch.no_grad()
+def test_untrained_cam_and_apm_leave_base_output_bit_identical(tiny_pipe):
+    x, context, cond, embeds = _inputs(tiny_pipe)
+    base = tiny_pipe.unet(x, 321, context).sample
+    assert torch.equal(_stream_eps(tiny_pipe, x, 321, context, cond, embeds), base)
+
+
+@torch.no_grad()
+def test_trained_cam_and_apm_change_output_and_depend_on_their_inputs():
+    pipe = random_pipeline("tiny", seed=1)
+    perturb_(pipe.cam, seed=2)
+    perturb_(pipe.apm, seed=3)
+    x, context, cond, embeds = _inputs(pipe)
+    eps = _stream_eps(pipe, x, 321, context, cond, embeds)
+    assert not torch.allclose(eps, pipe.unet(x, 321, context).sample)
+    assert not torch.allclose(eps, _stream_eps(pipe, x, 321, context, -cond, embeds))
+    assert not torch.allclose(eps, _stream_eps(pipe, x, 321, context, cond, -embeds))
+
+
+def test_cam_trunk_starts_as_copy_of_base_encoder(tiny_pipe):
+    unet = tiny_pipe.stream_unet
+    for name in ("conv_in", "down_blocks", "mid_block", "transformer_in", "time_embedding"):
+        ours = getattr(tiny_pipe.cam, name).state_dict()
+        for key, value in getattr(unet, name).state_dict().items():
+            assert torch.equal(ours[key], value), f"{name}.{key}"
+        assert getattr(tiny_pipe.cam, name) is not getattr(unet, name)  # a copy, not shared
+
+
+def test_modelscope_structure_counts():
+    """ModelScope's structure: 12 skip connections, 16 spatial cross-attentions."""
+    config = dict(make_unet(SCALES["mid"]).config)
+    assert len(skip_channels(config)) == 12
+    unet = make_unet(SCALES["mid"])
+    assert len(spatial_cross_attention_names(unet)) == 16
+
+
+@torch.no_grad()
+def test_skip_channels_match_the_encoder(tiny_pipe):
+    x, context, _, _ = _inputs(tiny_pipe)
+    feats = encode(tiny_pipe.unet, x, 10, context)
+    assert [s.shape[1] for s in feats.skips] == skip_channels(dict(tiny_pipe.unet.config))
+
+
+@torch.no_grad()
+def test_cam_features_use_only_conditioning_positions(tiny_pipe):
+    """The CAM trunk sees the first F_cond noisy latents only: later ones cannot change it."""
+    pipe = random_pipeline("tiny", seed=4)
+    perturb_(pipe.cam, seed=5)
+    x, context, cond, _ = _inputs(pipe)
+    feats = pipe.cam.embed_frames(cond)
+    fc = cond.shape[2]
+    a = pipe.cam.features(x[:, :, :fc], 100, context, feats)
+    y = x.clone()
+    y[:, :, fc:] += 1
+    b = pipe.cam.features(y[:, :, :fc], 100, context, feats)
+    assert torch.equal(a.mid, b.mid)
+
+
+@torch.no_grad()
+def test_guided_denoisers_match_manual_guidance(tiny_pipe):
+    x, context, cond, _ = _inputs(tiny_pipe)
+    neg = torch.zeros_like(context)
+    ctx2 = torch.cat([neg, context])
+    g = 7.5
+    eps = text_denoiser(tiny_pipe.unet, ctx2, g)(x, torch.tensor(400))
+    u = tiny_pipe.unet(x, 400, neg).sample
+    c = tiny_pipe.unet(x, 400, context).sample
+    assert torch.allclose(eps, u + g * (c - u), atol=1e-4)
+    embeds = torch.randn(2, tiny_pipe.image_encoder.dim)
+    eps2 = stream_denoiser(
+        tiny_pipe.stream_unet, tiny_pipe.cam, tiny_pipe.apm, ctx2, embeds, cond, g
+    )(x, torch.tensor(400))
+    assert torch.allclose(eps2, eps, atol=1e-4)  # untrained modules: same as the base
+
+
+def test_apm_attach_is_idempotent_and_reversible():
+    pipe = random_pipeline("tiny", seed=6)
+    from streamingt2v.models.apm import ApmProcessor, detach_apm
+
+    pipe.apm.attach(pipe.stream_unet)
+    names = spatial_cross_attention_names(pipe.stream_unet)
+    processors = [pipe.stream_unet.get_submodule(n).processor for n in names]
+    assert all(isinstance(p, ApmProcessor) for p in processors)
+    assert all(not isinstance(p.inner, ApmProcessor) for p in processors)
+    detach_apm(pipe.stream_unet)
+    assert not any(
+        isinstance(pipe.stream_unet.get_submodule(n).processor, ApmProcessor) for n in names
+    )
+    # The APM's weights never leak into the UNet's state dict.
+    assert not any("mixer" in k or "alpha" in k for k in pipe.stream_unet.state_dict())
+
+
+def test_frame_encoder_must_match_vae_factor(tiny_pipe):
+    from streamingt2v.config import CamConfig, ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="downsamples"):
+        copy.copy(tiny_pipe).add_streaming_modules(
+            tiny_pipe.image_encoder, CamConfig(cond_embedding_channels=(8, 16, 32))
+        )

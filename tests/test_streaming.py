@@ -1,0 +1,107 @@
+"""The chunk loop: frame counts, reproducibility, regenerating one chunk alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamingt2v.config import StreamConfig, UsageError
+from streamingt2v.random_models import perturb_, random_pipeline
+from streamingt2v.streaming import chunk_count, chunk_seed, regenerate_chunk
+
+FAST = dict(steps=2, guidance=7.5)
+
+
+@pytest.fixture(scope="module")
+def trained_like_pipe():
+    """Tiny pipeline whose CAM and APM act (perturbed away from their zero init)."""
+    pipe = random_pipeline("tiny", seed=11)
+    perturb_(pipe.cam, seed=12)
+    perturb_(pipe.apm, seed=13, std=0.2)
+    return pipe
+
+
+@pytest.mark.parametrize("frames", [1, 7, 16, 17, 24, 25, 33])
+def test_stream_yields_exactly_the_requested_frames(tiny_pipe, frames):
+    chunks = list(tiny_pipe.stream("a red circle", frames, **FAST))
+    assert sum(len(c.frames) for c in chunks) == frames
+    assert len(chunks) == chunk_count(frames, tiny_pipe.config.stream)
+    assert [c.start for c in chunks] == list(np.cumsum([0] + [len(c.frames) for c in chunks])[:-1])
+    assert chunks[0].frames.dtype == np.uint8
+    assert chunks[0].frames.shape[1:] == (*tiny_pipe.frame_size, 3)
+
+
+def test_chunk_count_matches_official_length_formula():
+    cfg = StreamConfig()
+    for n in range(1, 8):
+        assert chunk_count(16 + 8 * (n - 1), cfg) == n  # output length = 16 + 8 (n - 1)
+    assert chunk_count(1, cfg) == 1
+    assert chunk_count(1200, cfg) == 149
+
+
+def test_same_seed_same_video_and_different_seed_differs(trained_like_pipe):
+    a = trained_like_pipe("a blue square", 24, seed=5, **FAST).frames
+    b = trained_like_pipe("a blue square", 24, seed=5, **FAST).frames
+    c = trained_like_pipe("a blue square", 24, seed=6, **FAST).frames
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_regenerating_a_chunk_alone_matches_the_full_run(trained_like_pipe):
+    pipe = trained_like_pipe
+    video = pipe("a green triangle bouncing", 40, seed=9, **FAST).frames
+    request = pipe.request("a green triangle bouncing", 40, seed=9, **FAST)
+    first = regenerate_chunk(pipe, request, 0)
+    assert np.array_equal(first, video[:16])
+    for k in (1, 3):
+        start = 16 + 8 * (k - 1)
+        alone = regenerate_chunk(pipe, request, k, video[start - 8 : start], video[0])
+        assert np.array_equal(alone, video[start : start + 8]), f"chunk {k}"
+
+
+def test_conditioning_frames_steer_the_next_chunk(trained_like_pipe):
+    pipe = trained_like_pipe
+    request = pipe.request("a green triangle", 24, seed=9, **FAST)
+    video = pipe("a green triangle", 24, seed=9, **FAST).frames
+    other = 255 - video[8:16]
+    assert not np.array_equal(
+        regenerate_chunk(pipe, request, 1, video[8:16], video[0]),
+        regenerate_chunk(pipe, request, 1, other, video[0]),
+    )
+
+
+def test_chunk_seeds_are_distinct_and_stable():
+    seeds = {chunk_seed(0, k) for k in range(200)} | {chunk_seed(1, k) for k in range(200)}
+    assert len(seeds) == 400
+    assert chunk_seed(7, 3) == chunk_seed(7, 3) < 2**63
+
+
+def test_dpm_solver_runs_and_differs_from_ddim(tiny_pipe):
+    ddim = tiny_pipe("a red circle", 16, seed=1, steps=3).frames
+    dpm = tiny_pipe("a red circle", 16, seed=1, steps=3, scheduler="dpm").frames
+    assert ddim.shape == dpm.shape and not np.array_equal(ddim, dpm)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(prompt="  "), "prompt"),
+        (dict(num_frames=0), "frames"),
+        (dict(num_frames=2.5), "frames"),
+        (dict(steps=0), "steps"),
+        (dict(guidance=-1.0), "guidance"),
+        (dict(scheduler="euler"), "scheduler"),
+        (dict(seed=-3), "seed"),
+    ],
+)
+def test_bad_requests_are_rejected_by_name(tiny_pipe, kwargs, message):
+    args = dict(prompt="a red circle", num_frames=16) | kwargs
+    with pytest.raises(UsageError, match=message):
+        tiny_pipe.request(**args)
+
+
+def test_base_only_model_refuses_long_videos_clearly():
+    base = random_pipeline("tiny", seed=0, streaming=False)
+    assert len(base("a red circle", 16, steps=1).frames) == 16
+    with pytest.raises(UsageError, match="no streaming modules"):
+        base.request("a red circle", 17)
