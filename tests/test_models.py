@@ -16,8 +16,9 @@ from streamingt2v.sampling import stream_denoiser, text_denoiser
 def _inputs(pipe, frames=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(pipe.latent_shape(frames), generator=g)  # (1, C, F, h, w)
-    context = torch.randn(1, pipe.config.stream.text_tokens, pipe.unet.config.cross_attention_dim,
-                          generator=g)
+    context = torch.randn(
+        1, pipe.config.stream.text_tokens, pipe.unet.config.cross_attention_dim, generator=g
+    )
     height, width = pipe.frame_size
     cond = torch.rand(1, 3, pipe.config.stream.cond_frames, height, width, generator=g) * 2 - 1
     embeds = torch.randn(1, pipe.image_encoder.dim, generator=g)

@@ -44,6 +44,15 @@ class CamConfig:
     merger_norm_groups: int = 32
     merger_norm_eps: float = 1e-6
 
+    @classmethod
+    def for_vae(cls, vae_scale_factor: int) -> CamConfig:
+        """The official widths, cut to as many stride-2 stages as the VAE has halvings."""
+        stages = vae_scale_factor.bit_length() - 1
+        widths = cls().cond_embedding_channels
+        if 2**stages != vae_scale_factor or stages >= len(widths):
+            raise ModelLoadError(f"unsupported VAE downscale factor {vae_scale_factor}")
+        return cls(cond_embedding_channels=widths[: stages + 1])
+
 
 @dataclass
 class ApmConfig:

@@ -113,7 +113,9 @@ class StreamingT2VPipeline:
             self.scheduler_config,
             self.config,
             stream_unet=self.stream_unet,
-            cam=ConditionalAttentionModule.from_unet(self.stream_unet, cam_config),
+            cam=ConditionalAttentionModule.from_unet(
+                self.stream_unet, cam_config or CamConfig.for_vae(self.vae_scale_factor)
+            ),
             apm=AppearancePreservationModule.for_unet(self.stream_unet, apm_config),
             image_encoder=image_encoder,
         )
@@ -198,7 +200,9 @@ class StreamingT2VPipeline:
 
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None):
         for module in self._modules():
-            module.to(device=device, dtype=dtype)
+            # Re-casting a diffusers model to the dtype it has only prints warnings.
+            same = dtype is None or next(module.parameters()).dtype == dtype
+            module.to(device=device) if same else module.to(device=device, dtype=dtype)
         return self
 
     def _modules(self):

@@ -1,0 +1,160 @@
+"""Command line: a thin layer over the public Python API.
+
+Exit codes: 0 done; 2 bad input (one message, no traceback, nothing overwritten);
+130 stopped with Ctrl-C (the chunks made so far are kept as a playable video).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __version__
+from .config import SCHEDULERS, UsageError
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own errors: same exit code, our format
+        self.print_usage(sys.stderr)
+        raise UsageError(message)
+
+
+def _int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="streamingt2v",
+        description="Long text-to-video generation (StreamingT2V: CAM + APM, streaming).",
+    )
+    parser.add_argument("--version", action="version", version=f"streamingt2v {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    gen = sub.add_parser(
+        "generate",
+        help="generate a long video from a text prompt",
+        description=(
+            "Generate a video of any length: a first 16-frame chunk from the base model, then "
+            "chunks of 8 new frames conditioned on the previous 8 (CAM) and on the first frame "
+            "(APM). Writes the video and a JSON manifest beside it (OUT.json)."
+        ),
+    )
+    gen.add_argument("prompt", help="text prompt")
+    gen.add_argument(
+        "--frames", type=_int, default=80, help="number of frames, any integer >= 1 (default: 80)"
+    )
+    gen.add_argument(
+        "--out",
+        type=Path,
+        default=Path("video.mp4"),
+        help="output: .mp4 (H.264), .gif, or a folder name for PNG frames (default: video.mp4)",
+    )
+    gen.add_argument(
+        "--seed",
+        type=_int,
+        default=0,
+        help="seed; chunk k's noise derives from (seed, k) (default: 0)",
+    )
+    gen.add_argument(
+        "--steps",
+        type=_int,
+        default=None,
+        help="denoising steps per chunk (default: the model's, 50 for the paper)",
+    )
+    gen.add_argument(
+        "--guidance",
+        type=_float,
+        default=None,
+        help="classifier-free guidance scale >= 0 (default: the model's, 7.5)",
+    )
+    gen.add_argument(
+        "--negative-prompt", default=None, help="negative prompt for guidance (default: empty)"
+    )
+    gen.add_argument(
+        "--scheduler",
+        default=None,
+        choices=SCHEDULERS,
+        help="ddim (eta 1, the paper's) or dpm (DPM-Solver++) (default: ddim)",
+    )
+    gen.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="pipeline or ModelScope folder (default: the embedded default model)",
+    )
+    gen.add_argument(
+        "--fps",
+        type=_int,
+        default=None,
+        help="frames per second of the output (default: the model's, 8)",
+    )
+    gen.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
+    gen.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "float16", "bfloat16"],
+        help="weights' precision (default: float16 on CUDA, float32 on CPU)",
+    )
+    gen.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    gen.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from .generate import GenerateConfig, generate
+
+    config = GenerateConfig(
+        prompt=args.prompt,
+        num_frames=args.frames,
+        out=args.out,
+        seed=args.seed,
+        steps=args.steps,
+        guidance=args.guidance,
+        scheduler=args.scheduler,
+        negative_prompt=args.negative_prompt,
+        model=args.model,
+        fps=args.fps,
+        overwrite=args.overwrite,
+        device=args.device,
+        dtype=args.dtype,
+        progress=not args.quiet,
+    )
+    result = generate(config)
+    state = "stopped early; kept" if result.interrupted else "wrote"
+    print(
+        f"{state} {result.frames} frames to {result.video} ({result.seconds:.1f} s); "
+        f"manifest {result.manifest}"
+    )
+    return EXIT_INTERRUPTED if result.interrupted else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return {"generate": _generate}[args.command](args)
+    except UsageError as err:
+        print(f"streamingt2v: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("streamingt2v: stopped before any frame was made", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

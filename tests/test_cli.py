@@ -1,0 +1,249 @@
+"""The CLI end to end on a tiny random model, and every bad input it must refuse."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from streamingt2v import StreamingT2VPipeline
+from streamingt2v.cli import main
+from streamingt2v.video_io import read_video
+
+FAST = ["--steps", "2", "--quiet"]
+
+
+def run(*args):
+    return main([str(a) for a in args])
+
+
+def test_generate_mp4_with_manifest(tiny_model_dir, tmp_path):
+    out = tmp_path / "video.mp4"
+    code = run(
+        "generate",
+        "a red circle moving right",
+        "--frames",
+        27,
+        "--out",
+        out,
+        "--model",
+        tiny_model_dir,
+        "--seed",
+        4,
+        "--fps",
+        12,
+        *FAST,
+    )
+    assert code == 0
+    frames = read_video(out)
+    assert frames.shape == (27, 32, 32, 3)
+    manifest = json.loads((tmp_path / "video.mp4.json").read_text())
+    assert manifest["frames"] == 27 and manifest["interrupted"] is False
+    assert manifest["seed"] == 4 and manifest["fps"] == 12
+    assert manifest["sample"]["steps"] == 2 and manifest["sample"]["scheduler"] == "ddim"
+    assert [c["frames"] for c in manifest["chunks"]] == [16, 8, 3]
+    assert len({c["seed"] for c in manifest["chunks"]}) == 3
+    assert all(len(h) == 64 for h in manifest["model"]["files"].values())
+    assert "cam/model.safetensors" in manifest["model"]["files"]
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_png_frames_are_the_pipeline_output_exactly(tiny_model_dir, tmp_path):
+    out = tmp_path / "frames"
+    assert (
+        run(
+            "generate",
+            "a blue square",
+            "--frames",
+            20,
+            "--out",
+            out,
+            "--model",
+            tiny_model_dir,
+            "--seed",
+            2,
+            "--scheduler",
+            "dpm",
+            *FAST,
+        )
+        == 0
+    )
+    pipe = StreamingT2VPipeline.from_pretrained(tiny_model_dir)
+    expected = pipe("a blue square", 20, seed=2, steps=2, scheduler="dpm").frames
+    assert np.array_equal(read_video(out), expected)
+
+
+def test_gif_output(tiny_model_dir, tmp_path):
+    out = tmp_path / "v.gif"
+    assert (
+        run(
+            "generate",
+            "a blue square",
+            "--frames",
+            5,
+            "--out",
+            out,
+            "--model",
+            tiny_model_dir,
+            *FAST,
+        )
+        == 0
+    )
+    assert read_video(out).shape[0] == 5
+
+
+def test_overwrite_replaces_and_refusal_keeps(tiny_model_dir, tmp_path):
+    out = tmp_path / "v.mp4"
+    out.write_bytes(b"precious")
+    assert (
+        run(
+            "generate",
+            "a red circle",
+            "--frames",
+            3,
+            "--out",
+            out,
+            "--model",
+            tiny_model_dir,
+            *FAST,
+        )
+        == 2
+    )
+    assert out.read_bytes() == b"precious"
+    assert (
+        run(
+            "generate",
+            "a red circle",
+            "--frames",
+            3,
+            "--out",
+            out,
+            "--model",
+            tiny_model_dir,
+            "--overwrite",
+            *FAST,
+        )
+        == 0
+    )
+    assert read_video(out).shape[0] == 3
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["", "--frames", "3"], "prompt"),
+        (["p", "--frames", "0"], "frames"),
+        (["p", "--frames", "2.5"], "--frames"),
+        (["p", "--frames", "ten"], "--frames"),
+        (["p", "--steps", "0"], "steps"),
+        (["p", "--guidance", "-1"], "guidance"),
+        (["p", "--scheduler", "euler"], "scheduler"),
+        (["p", "--model", "/nonexistent/model"], "model folder not found"),
+        (["p", "--out", "/nonexistent/dir/v.mp4"], "output folder does not exist"),
+        (["p", "--out", "v.avi"], "unsupported output"),
+        (["p", "--fps", "0"], "fps"),
+    ],
+)
+def test_bad_input_exits_2_with_one_clear_message(tiny_model_dir, tmp_path, capsys, args, message):
+    args = list(args)
+    if "--model" not in args:
+        args += ["--model", str(tiny_model_dir)]
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "v.mp4")]
+    elif not args[args.index("--out") + 1].startswith("/"):
+        args[args.index("--out") + 1] = str(tmp_path / args[args.index("--out") + 1])
+    assert run("generate", *FAST, *args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_corrupt_model_folder_exits_2(tiny_model_dir, tmp_path, capsys):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"garbage")
+    assert run("generate", "p", "--model", model, "--out", tmp_path / "v.mp4", *FAST) == 2
+    err = capsys.readouterr().err
+    assert "unet" in err and "Traceback" not in err
+
+
+def test_unwritable_output_folder_exits_2(tiny_model_dir, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert run("generate", "p", "--model", tiny_model_dir, "--out", blocker / "v.mp4", *FAST) == 2
+    assert "output folder" in capsys.readouterr().err
+
+
+def test_ctrl_c_keeps_a_playable_video_of_finished_chunks(
+    tiny_model_dir, tmp_path, monkeypatch, capsys
+):
+    real_stream = StreamingT2VPipeline.stream
+
+    def stopped_after_two_chunks(self, *args, **kwargs):
+        for i, chunk in enumerate(real_stream(self, *args, **kwargs)):
+            if i == 2:
+                raise KeyboardInterrupt
+            yield chunk
+
+    monkeypatch.setattr(StreamingT2VPipeline, "stream", stopped_after_two_chunks)
+    out = tmp_path / "v.mp4"
+    assert (
+        run(
+            "generate",
+            "a red circle",
+            "--frames",
+            80,
+            "--out",
+            out,
+            "--model",
+            tiny_model_dir,
+            *FAST,
+        )
+        == 130
+    )
+    assert read_video(out).shape[0] == 24  # 16 + 8 frames of the two finished chunks
+    manifest = json.loads((tmp_path / "v.mp4.json").read_text())
+    assert manifest["interrupted"] is True and manifest["frames"] == 24
+    assert "stopped early" in capsys.readouterr().out
+
+
+def test_help_is_accurate():
+    out = subprocess.run(
+        [sys.executable, "-m", "streamingt2v.cli", "generate", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for flag in (
+        "--frames",
+        "--out",
+        "--seed",
+        "--steps",
+        "--guidance",
+        "--negative-prompt",
+        "--scheduler",
+        "--model",
+        "--fps",
+        "--overwrite",
+    ):
+        assert flag in out
+    top = subprocess.run(
+        [sys.executable, "-m", "streamingt2v.cli", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "generate" in top
+
+
+def test_missing_embedded_default_is_explained(tmp_path, capsys, monkeypatch):
+    import streamingt2v.generate as gen
+
+    monkeypatch.setattr(gen, "DEFAULT_MODEL_DIR", tmp_path / "absent")
+    assert run("generate", "p", "--out", tmp_path / "v.mp4", *FAST) == 2
+    assert "--model" in capsys.readouterr().err
