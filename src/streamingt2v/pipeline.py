@@ -85,10 +85,10 @@ class StreamingT2VPipeline:
         parts = [p is None for p in (cam, apm, image_encoder)]
         if any(parts) and not all(parts):
             raise ModelLoadError(f"streaming needs all of {STREAMING_PARTS}, got only some")
-        if self.apm is not None:
-            self.apm.attach(self.stream_unet)
         if self.cam is not None:
             check_frame_encoder_matches(self.cam.config, self.vae_scale_factor)
+        if self.apm is not None:  # last: it changes the (possibly shared) UNet's processors
+            self.apm.attach(self.stream_unet)
 
     # ----------------------------------------------------------------- construction
     def add_streaming_modules(
@@ -100,6 +100,8 @@ class StreamingT2VPipeline:
         """Fresh (untrained) CAM and APM for this base model: the start of streaming training.
 
         Untrained, they leave the base model's output unchanged (zero-initialized outputs).
+        The new pipeline shares this one's models; the APM's processors are installed in the
+        shared streaming UNet (they pass plain text contexts through unchanged).
         """
         apm_config = apm_config or ApmConfig(
             image_embed_dim=image_encoder.dim,
