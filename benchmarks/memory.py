@@ -24,11 +24,27 @@ def child(model: str, frames: int, steps: int, out: str) -> None:
     from streamingt2v.generate import GenerateConfig, generate
 
     started = time.perf_counter()
-    generate(GenerateConfig("a red circle moving right", frames, Path(out), steps=steps,
-                            model=Path(model), progress=False, overwrite=True))
+    generate(
+        GenerateConfig(
+            "a red circle moving right",
+            frames,
+            Path(out),
+            steps=steps,
+            model=Path(model),
+            progress=False,
+            overwrite=True,
+        )
+    )
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    print(json.dumps({"frames": frames, "peak_mib": peak_kib / 1024,
-                      "seconds": time.perf_counter() - started}))
+    print(
+        json.dumps(
+            {
+                "frames": frames,
+                "peak_mib": peak_kib / 1024,
+                "seconds": time.perf_counter() - started,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -52,17 +68,34 @@ def main() -> None:
         for _ in range(args.repeats):
             for n in args.frames:
                 out = subprocess.run(
-                    [sys.executable, __file__, "--child", str(model), str(n), str(args.steps),
-                     str(Path(tmp) / f"v{n}.mp4")],
-                    capture_output=True, text=True, check=True,
+                    [
+                        sys.executable,
+                        __file__,
+                        "--child",
+                        str(model),
+                        str(n),
+                        str(args.steps),
+                        str(Path(tmp) / f"v{n}.mp4"),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
                 ).stdout
                 result = json.loads(out.strip().splitlines()[-1])
                 peaks[n].append(result["peak_mib"])
                 print(json.dumps(result), flush=True)
     median = {n: statistics.median(v) for n, v in peaks.items()}
     lo, hi = min(args.frames), max(args.frames)
-    print(json.dumps({"median_peak_mib": median, "ratio": median[hi] / median[lo],
-                      "scale": args.scale, "steps": args.steps}))
+    print(
+        json.dumps(
+            {
+                "median_peak_mib": median,
+                "ratio": median[hi] / median[lo],
+                "scale": args.scale,
+                "steps": args.steps,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -139,8 +139,9 @@ def _train(args: argparse.Namespace) -> int:
 
     config = TrainConfig.load(args.config, steps=args.steps, out_dir=args.out_dir)
     if config.stage != args.stage:
-        raise UsageError(f"{args.config} is a config for stage {config.stage!r}, not "
-                         f"{args.stage!r}")
+        raise UsageError(
+            f"{args.config} is a config for stage {config.stage!r}, not {args.stage!r}"
+        )
     summary = train(config, resume=args.resume, progress=not args.quiet)
     print(json.dumps(summary))
     return 0

@@ -146,11 +146,16 @@ class StreamingT2VPipeline:
         unet = load_diffusers(UNet3DConditionModel, root / "unet")
         vae = load_diffusers(AutoencoderKL, root / "vae")
         text_encoder = (
-            TextEncoder.from_package(config.text_encoder_package, config.stream.text_tokens,
-                                     config.text_attention_mask)
+            TextEncoder.from_package(
+                config.text_encoder_package, config.stream.text_tokens, config.text_attention_mask
+            )
             if config.text_encoder_package
-            else TextEncoder.from_folders(root / "text_encoder", root / "tokenizer",
-                                          config.stream.text_tokens, config.text_attention_mask)
+            else TextEncoder.from_folders(
+                root / "text_encoder",
+                root / "tokenizer",
+                config.stream.text_tokens,
+                config.text_attention_mask,
+            )
         )
         scheduler_config = read_json(root / "scheduler" / "scheduler_config.json")
         stream_unet = (
@@ -328,7 +333,7 @@ def _plain(unet_config: dict) -> dict:
     """A diffusers config as plain JSON (drops private keys such as ``_class_name``)."""
     return {
         k: v
-        for k, v in json.loads(json.dumps(unet_config, default=list)).items()
+        for k, v in json.loads(json.dumps(unet_config, default=str)).items()
         if not k.startswith("_")
     }
 

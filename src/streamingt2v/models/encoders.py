@@ -47,8 +47,9 @@ def load_transformers_model(path: Path) -> PreTrainedModel:
 class TextEncoder(nn.Module):
     """Prompts -> (B, T, D) token embeddings, padded or truncated to exactly T tokens."""
 
-    def __init__(self, model: PreTrainedModel, tokenizer, max_tokens: int,
-                 attention_mask: bool = False):
+    def __init__(
+        self, model: PreTrainedModel, tokenizer, max_tokens: int, attention_mask: bool = False
+    ):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
@@ -57,8 +58,9 @@ class TextEncoder(nn.Module):
         self.attention_mask = attention_mask
 
     @classmethod
-    def from_folders(cls, model_dir: Path, tokenizer_dir: Path, max_tokens: int,
-                     attention_mask: bool = False) -> TextEncoder:
+    def from_folders(
+        cls, model_dir: Path, tokenizer_dir: Path, max_tokens: int, attention_mask: bool = False
+    ) -> TextEncoder:
         try:
             tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
         except Exception as err:
@@ -66,12 +68,14 @@ class TextEncoder(nn.Module):
         return cls(load_transformers_model(model_dir), tokenizer, max_tokens, attention_mask)
 
     @classmethod
-    def from_package(cls, package: str, max_tokens: int, attention_mask: bool = True
-                     ) -> TextEncoder:
+    def from_package(
+        cls, package: str, max_tokens: int, attention_mask: bool = True
+    ) -> TextEncoder:
         """The encoder an installed package ships (``package.get_model_path()``)."""
         if package not in TEXT_ENCODER_PACKAGES:  # a model folder must not import anything
-            raise ModelLoadError(f"unknown text encoder package {package!r}; known: "
-                                 f"{sorted(TEXT_ENCODER_PACKAGES)}")
+            raise ModelLoadError(
+                f"unknown text encoder package {package!r}; known: {sorted(TEXT_ENCODER_PACKAGES)}"
+            )
         try:
             folder = Path(importlib.import_module(package).get_model_path())
         except (ImportError, AttributeError) as err:
@@ -106,8 +110,9 @@ class TextEncoder(nn.Module):
         """(B, D) unit-length sentence embeddings: the mask-weighted mean of the token
         embeddings (all-MiniLM-L6-v2's own pooling)."""
         tokens = self._tokens(prompts)
-        hidden = self.model(input_ids=tokens.input_ids,
-                            attention_mask=tokens.attention_mask).last_hidden_state
+        hidden = self.model(
+            input_ids=tokens.input_ids, attention_mask=tokens.attention_mask
+        ).last_hidden_state
         weights = tokens.attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
         pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
         return nn.functional.normalize(pooled, dim=-1)

@@ -57,7 +57,11 @@ def text_encoder() -> TextEncoder:
 def all_captions() -> list[str]:
     return [
         f"a {c} {s} {m} on a {b} background"
-        for c in COLOURS for s in SHAPES for m in MOTIONS for b in BACKGROUNDS if b != c
+        for c in COLOURS
+        for s in SHAPES
+        for m in MOTIONS
+        for b in BACKGROUNDS
+        if b != c
     ]
 
 
@@ -109,6 +113,12 @@ class VaeStage(Stage):
 class ImageEncoderStage(Stage):
     def __init__(self, cfg: TrainConfig, device: torch.device):
         self.cfg, self.device = cfg, device
+        text = text_encoder()
+        if cfg.model.get("projection_dim") != text.dim:
+            raise UsageError(
+                f"image encoder projection_dim must equal the text encoder's "
+                f"width {text.dim}, got {cfg.model.get('projection_dim')}"
+            )
         tower = CLIPVisionModelWithProjection(CLIPVisionConfig(**cfg.model))
         self.encoder = ImageEncoder(tower).to(device)
         self.module = nn.Module()
@@ -116,9 +126,10 @@ class ImageEncoderStage(Stage):
         self.module.logit_scale = nn.Parameter(torch.tensor(np.log(10.0), dtype=torch.float32))
         self.captions = all_captions()
         with torch.no_grad():
-            self.text = text_encoder().sentence(self.captions).to(device)  # (K, D) unit length
-        self.static = [c.split(" on a ")[0].split(" ")[1:3] + [c.split(" on a ")[1]]
-                       for c in self.captions]
+            self.text = text.sentence(self.captions).to(device)  # (K, D) unit length
+        self.static = [
+            c.split(" on a ")[0].split(" ")[1:3] + [c.split(" on a ")[1]] for c in self.captions
+        ]
         self.data = WorldClips(frames=1, size=cfg.size, max_start=600, seed=cfg.seed)
 
     def targets(self, captions: list[str]) -> torch.Tensor:
@@ -133,8 +144,9 @@ class ImageEncoderStage(Stage):
 
     def loss(self, index: int) -> torch.Tensor:
         batch = clip_batch(self.data, index, self.cfg.batch_size)
-        image = nn.functional.normalize(self.encoder.embed(batch["video"][:, :, 0].to(self.device)),
-                                        dim=-1)
+        image = nn.functional.normalize(
+            self.encoder.embed(batch["video"][:, :, 0].to(self.device)), dim=-1
+        )
         logits = image @ self.text.T * self.module.logit_scale.exp().clamp(max=100)
         return -(self.targets(batch["caption"]) * logits.log_softmax(-1)).sum(-1).mean()
 
@@ -142,11 +154,18 @@ class ImageEncoderStage(Stage):
     def export(self, folder: Path) -> dict[str, Any]:
         self.encoder.eval()
         self.encoder.model.save_pretrained(folder)
-        (folder / "preprocessor_config.json").write_text(json.dumps(
-            {"image_mean": self.encoder.mean.flatten().tolist(),
-             "image_std": self.encoder.std.flatten().tolist()}))
+        (folder / "preprocessor_config.json").write_text(
+            json.dumps(
+                {
+                    "image_mean": self.encoder.mean.flatten().tolist(),
+                    "image_std": self.encoder.std.flatten().tolist(),
+                }
+            )
+        )
         batch = clip_batch(self.data, 10**8, 256)
-        image = nn.functional.normalize(self.encoder(batch["video"][:, :, 0].to(self.device)), dim=-1)
+        image = nn.functional.normalize(
+            self.encoder(batch["video"][:, :, 0].to(self.device)), dim=-1
+        )
         best = (image @ self.text.T).argmax(-1)
         key = self.targets(batch["caption"])
         accuracy = float(key[torch.arange(len(best)), best].gt(0).float().mean())
@@ -161,7 +180,7 @@ class LatentVideoStage(Stage):
         self.vae = load_diffusers(AutoencoderKL, Path(cfg.inputs["vae"])).to(device).eval()
         self.vae.requires_grad_(False)
         self.text = text_encoder().to(device)
-        self.noise = DDPMScheduler(**MODELSCOPE_SCHEDULER)
+        self.noise = DDPMScheduler.from_config(MODELSCOPE_SCHEDULER)
         self.data = WorldClips(frames=frames, size=cfg.size, max_start=max_start, seed=cfg.seed)
         self.drop_text = cfg.options.get("drop_text", 0.1)  # classifier-free guidance training
 
@@ -178,16 +197,21 @@ class LatentVideoStage(Stage):
         return self.text([("" if d else c) for c, d in zip(captions, drop, strict=True)])
 
     def noised(self, z0: torch.Tensor, generator: torch.Generator):
-        t = torch.randint(0, self.noise.config.num_train_timesteps, (z0.shape[0],),
-                          generator=generator)
+        t = torch.randint(
+            0, self.noise.config.num_train_timesteps, (z0.shape[0],), generator=generator
+        )
         eps = torch.randn(z0.shape, generator=generator).to(self.device)
         return self.noise.add_noise(z0, eps, t.to(self.device)), eps, t.to(self.device)
 
     def pipeline(self, unet, **streaming) -> StreamingT2VPipeline:
-        config = PipelineConfig(stream=StreamConfig(text_tokens=TEXT_TOKENS),
-                                text_attention_mask=True, text_encoder_package=TEXT_PACKAGE)
-        return StreamingT2VPipeline(unet, self.vae, self.text, MODELSCOPE_SCHEDULER, config,
-                                    **streaming)
+        config = PipelineConfig(
+            stream=StreamConfig(text_tokens=TEXT_TOKENS),
+            text_attention_mask=True,
+            text_encoder_package=TEXT_PACKAGE,
+        )
+        return StreamingT2VPipeline(
+            unet, self.vae, self.text, MODELSCOPE_SCHEDULER, config, **streaming
+        )
 
 
 class BaseStage(LatentVideoStage):
@@ -226,9 +250,14 @@ class StreamStage(LatentVideoStage):
         for name, p in unet.named_parameters():
             p.requires_grad_(not is_temporal(name))
         cam = ConditionalAttentionModule.from_unet(unet, CamConfig(**cfg.model.get("cam", {})))
-        apm_config = ApmConfig(**{
-            "image_embed_dim": self.images.dim, "text_tokens": TEXT_TOKENS,
-            "cross_attention_dim": unet.config.cross_attention_dim, **cfg.model.get("apm", {})})
+        apm_config = ApmConfig(
+            **{
+                "image_embed_dim": self.images.dim,
+                "text_tokens": TEXT_TOKENS,
+                "cross_attention_dim": unet.config.cross_attention_dim,
+                **cfg.model.get("apm", {}),
+            }
+        )
         apm = AppearancePreservationModule.for_unet(unet, apm_config)
         apm.attach(unet)
         self.module = nn.ModuleDict({"unet": unet, "cam": cam, "apm": apm})
@@ -260,22 +289,33 @@ class StreamStage(LatentVideoStage):
         x, eps, t = self.noised(z0, g)
         m = self.module
         features = m["cam"].embed_frames(cond)  # (B*F_cond, C0, h, w)
-        model = stream_model(m["unet"], m["cam"], m["apm"], self.context(batch["caption"], g),
-                             embeds.to(self.base.dtype), features)
+        model = stream_model(
+            m["unet"],
+            m["cam"],
+            m["apm"],
+            self.context(batch["caption"], g),
+            embeds.to(self.base.dtype),
+            features,
+        )
         return nn.functional.mse_loss(model(x, t), eps)
 
     @torch.no_grad()
     def export(self, folder: Path) -> dict[str, Any]:
         m = self.module.eval()
-        pipe = self.pipeline(self.base, stream_unet=m["unet"], cam=m["cam"], apm=m["apm"],
-                             image_encoder=self.images)
+        pipe = self.pipeline(
+            self.base, stream_unet=m["unet"], cam=m["cam"], apm=m["apm"], image_encoder=self.images
+        )
         pipe.save_pretrained(folder)
         _sample_videos(pipe, folder.parent / "samples", frames=80)
         return {}
 
 
-STAGES = {"vae": VaeStage, "image-encoder": ImageEncoderStage, "base": BaseStage,
-          "stream": StreamStage}
+STAGES = {
+    "vae": VaeStage,
+    "image-encoder": ImageEncoderStage,
+    "base": BaseStage,
+    "stream": StreamStage,
+}
 
 
 def build_stage(cfg: TrainConfig, device: torch.device) -> Stage:

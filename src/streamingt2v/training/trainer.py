@@ -90,16 +90,18 @@ def trainable(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: p for k, p in module.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(folder: Path, module, ema: Ema, optimizer, step: int, cfg: TrainConfig,
-                    seconds: float) -> None:
+def save_checkpoint(
+    folder: Path, module, ema: Ema, optimizer, step: int, cfg: TrainConfig, seconds: float
+) -> None:
     tmp = folder.with_name(folder.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
     save_file(state, tmp / "model.safetensors")
     save_file({k: v.contiguous() for k, v in ema.shadow.items()}, tmp / "ema.safetensors")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps(
-        {"step": step, "seconds": seconds, "config": config_to_dict(cfg)}, indent=2))
+    (tmp / "state.json").write_text(
+        json.dumps({"step": step, "seconds": seconds, "config": config_to_dict(cfg)}, indent=2)
+    )
     if folder.exists():
         for f in folder.iterdir():
             f.unlink()
@@ -123,8 +125,9 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
-          finish: bool = True) -> dict[str, Any]:
+def train(
+    cfg: TrainConfig, resume: bool = False, progress: bool = True, finish: bool = True
+) -> dict[str, Any]:
     """Train ``cfg.stage`` to ``cfg.steps``; returns a summary (final loss, seconds)."""
     from .stages import build_stage
 
@@ -139,18 +142,24 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
     torch.manual_seed(cfg.seed)
     stage = build_stage(cfg, accelerator.device)
     module = stage.module
-    optimizer = torch.optim.AdamW(list(trainable(module).values()), lr=cfg.lr,
-                                  weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(
+        list(trainable(module).values()), lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
     ema = Ema(trainable(module), cfg.ema_decay)
-    start, seconds = (load_checkpoint(ckpt, module, ema, optimizer) if resume else (0, 0.0))
+    start, seconds = load_checkpoint(ckpt, module, ema, optimizer) if resume else (0, 0.0)
     module, optimizer = accelerator.prepare(module, optimizer)
     stage.module = module
     log_path = out / "loss.csv"
     rows = _read_log(log_path)[:start] if resume else []
     _write_log(log_path, rows)
     started = time.perf_counter()
-    bar = tqdm(range(start, cfg.steps), desc=f"train {cfg.stage}", disable=not progress,
-               initial=start, total=cfg.steps)
+    bar = tqdm(
+        range(start, cfg.steps),
+        desc=f"train {cfg.stage}",
+        disable=not progress,
+        initial=start,
+        total=cfg.steps,
+    )
     with log_path.open("a", newline="") as log:
         writer = csv.writer(log)
         for step in bar:
@@ -172,11 +181,16 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
                 log.flush()
                 elapsed = seconds + time.perf_counter() - started
-                save_checkpoint(ckpt, accelerator.unwrap_model(module), ema, optimizer, done,
-                                cfg, elapsed)
+                save_checkpoint(
+                    ckpt, accelerator.unwrap_model(module), ema, optimizer, done, cfg, elapsed
+                )
     seconds += time.perf_counter() - started
-    summary = {"stage": cfg.stage, "steps": cfg.steps, "seconds": round(seconds, 1),
-               "final_loss_mean_last_100": _tail_mean(_read_log(log_path))}
+    summary = {
+        "stage": cfg.stage,
+        "steps": cfg.steps,
+        "seconds": round(seconds, 1),
+        "final_loss_mean_last_100": _tail_mean(_read_log(log_path)),
+    }
     if finish and accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(module)
         ema.copy_to(trainable(unwrapped))

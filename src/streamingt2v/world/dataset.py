@@ -27,8 +27,14 @@ class WorldClip:
 class WorldClips(Dataset):
     """Clips of ``frames`` frames starting anywhere in [0, max_start] of a long video."""
 
-    def __init__(self, frames: int = 16, size: int = 32, max_start: int = 0, seed: int = 0,
-                 length: int = 10**9):
+    def __init__(
+        self,
+        frames: int = 16,
+        size: int = 32,
+        max_start: int = 0,
+        seed: int = 0,
+        length: int = 10**9,
+    ):
         self.frames, self.size, self.max_start = frames, size, max_start
         self.seed, self.length = seed, length
 

@@ -33,8 +33,12 @@ BACKGROUNDS = {
     "white": (240, 240, 240),
 }
 SHAPES = ("circle", "square", "triangle")
-STRAIGHT = {"moving left": (-1, 0), "moving right": (1, 0), "moving up": (0, -1),
-            "moving down": (0, 1)}
+STRAIGHT = {
+    "moving left": (-1, 0),
+    "moving right": (1, 0),
+    "moving up": (0, -1),
+    "moving down": (0, 1),
+}
 MOTIONS = (*STRAIGHT, "bouncing", "circling")
 # Fraction of its bounding box each shape fills (the world checks' shape cue).
 FILL_RATIO = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5}
@@ -59,8 +63,12 @@ class WorldParams:
     radius: float  # circling radius
 
     def __post_init__(self) -> None:
-        for value, allowed in ((self.colour, COLOURS), (self.shape, SHAPES),
-                               (self.motion, MOTIONS), (self.background, BACKGROUNDS)):
+        for value, allowed in (
+            (self.colour, COLOURS),
+            (self.shape, SHAPES),
+            (self.motion, MOTIONS),
+            (self.background, BACKGROUNDS),
+        ):
             if value not in allowed:
                 raise ValueError(f"{value!r} is not one of {list(allowed)}")
         if self.colour == self.background:
@@ -113,8 +121,12 @@ def parse_caption(caption: str) -> dict[str, str]:
     left, background = words
     colour, shape, *motion = left.split(" ")
     parsed = dict(colour=colour, shape=shape, motion=" ".join(motion), background=background)
-    for key, allowed in (("colour", COLOURS), ("shape", SHAPES), ("motion", MOTIONS),
-                         ("background", BACKGROUNDS)):
+    for key, allowed in (
+        ("colour", COLOURS),
+        ("shape", SHAPES),
+        ("motion", MOTIONS),
+        ("background", BACKGROUNDS),
+    ):
         if parsed[key] not in allowed:
             raise ValueError(f"unknown {key} {parsed[key]!r} in {caption!r}")
     return parsed

@@ -1,0 +1,174 @@
+"""Training: each stage's step lowers its loss on a fixed batch; resume is exact."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from streamingt2v.config import UsageError
+from streamingt2v.training.stages import build_stage
+from streamingt2v.training.trainer import TrainConfig, train, trainable
+
+SIZE = 16  # tiny frames keep every stage to seconds
+VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=["DownEncoderBlock2D"] * 2,
+    up_block_types=["UpDecoderBlock2D"] * 2,
+    block_out_channels=[8, 16],
+    layers_per_block=1,
+    latent_channels=4,
+    norm_num_groups=8,
+    sample_size=SIZE,
+)
+UNET = dict(
+    sample_size=SIZE // 2,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=["CrossAttnDownBlock3D", "DownBlock3D"],
+    up_block_types=["UpBlock3D", "CrossAttnUpBlock3D"],
+    block_out_channels=[32, 32],
+    layers_per_block=1,
+    cross_attention_dim=384,
+    attention_head_dim=4,
+    norm_num_groups=32,
+)
+TOWER = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    image_size=SIZE,
+    patch_size=4,
+    projection_dim=384,
+)
+
+
+def _cfg(stage, out, **kw):
+    base = dict(
+        stage=stage,
+        out_dir=str(out),
+        steps=4,
+        batch_size=2,
+        lr=1e-3,
+        lr_warmup=1,
+        checkpoint_every=2,
+        size=SIZE,
+    )
+    return TrainConfig(**(base | kw))
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """Tiny earlier-stage outputs (random weights) for the base and stream stages."""
+    root = tmp_path_factory.mktemp("stages")
+    vae = build_stage(_cfg("vae", root / "v", model=VAE), torch.device("cpu"))
+    vae.module.save_pretrained(root / "vae")
+    tower = build_stage(_cfg("image-encoder", root / "i", model=TOWER), torch.device("cpu"))
+    tower.export(root / "image_encoder")
+    base = build_stage(
+        _cfg("base", root / "b", model=UNET, inputs={"vae": str(root / "vae")}), torch.device("cpu")
+    )
+    base.module.save_pretrained(root / "base")
+    return {
+        "vae": str(root / "vae"),
+        "image_encoder": str(root / "image_encoder"),
+        "base": str(root / "base"),
+    }
+
+
+def _configs(inputs, out):
+    return {
+        "vae": _cfg("vae", out, model=VAE),
+        "image-encoder": _cfg("image-encoder", out, model=TOWER),
+        "base": _cfg("base", out, model=UNET, inputs={"vae": inputs["vae"]}),
+        "stream": _cfg(
+            "stream",
+            out,
+            inputs=inputs,
+            model={
+                "cam": {"cond_embedding_channels": [8, 16]},
+                "apm": {"resampler_hidden_dim": 32, "image_tokens": 4},
+            },
+            options={"max_start": 40},
+        ),
+    }
+
+
+@pytest.mark.parametrize("stage", ["vae", "image-encoder", "base", "stream"])
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch(stage, inputs, tmp_path):
+    torch.manual_seed(0)
+    s = build_stage(_configs(inputs, tmp_path)[stage], torch.device("cpu"))
+    params = list(trainable(s.module).values())
+    assert params
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+    with torch.no_grad():
+        before = s.loss(0).item()
+    for _ in range(5):
+        optimizer.zero_grad()
+        s.loss(0).backward()
+        optimizer.step()
+    with torch.no_grad():
+        after = s.loss(0).item()
+    assert after < before, (before, after)
+
+
+def test_stream_stage_trains_the_official_parameter_set(inputs, tmp_path):
+    s = build_stage(_configs(inputs, tmp_path)["stream"], torch.device("cpu"))
+    names = list(trainable(s.module))
+    assert any(n.startswith("cam.") for n in names) and any(n.startswith("apm.") for n in names)
+    assert any(".attentions." in n for n in names if n.startswith("unet."))  # spatial: trained
+    assert not any(
+        "temp_attentions" in n or "temp_convs" in n or "transformer_in" in n
+        for n in names
+        if n.startswith("unet.")
+    )  # temporal: frozen
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight = _cfg("vae", tmp_path / "straight", model=VAE)
+    train(straight, progress=False, finish=False)
+    part = _cfg("vae", tmp_path / "split", model=VAE, steps=2)
+    train(part, progress=False, finish=False)
+    rest = _cfg("vae", tmp_path / "split", model=VAE, steps=4)
+    train(rest, resume=True, progress=False, finish=False)
+    a = load_file(tmp_path / "straight" / "checkpoint" / "model.safetensors")
+    b = load_file(tmp_path / "split" / "checkpoint" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ea = load_file(tmp_path / "straight" / "checkpoint" / "ema.safetensors")
+    eb = load_file(tmp_path / "split" / "checkpoint" / "ema.safetensors")
+    assert all(torch.equal(ea[k], eb[k]) for k in ea)
+    rows = (tmp_path / "split" / "loss.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2", "3"]
+    state = json.loads((tmp_path / "split" / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 4
+
+
+def test_existing_checkpoint_needs_resume_and_resume_needs_one(tmp_path):
+    cfg = _cfg("vae", tmp_path / "run", model=VAE, steps=2)
+    with pytest.raises(UsageError, match="nothing to resume"):
+        train(cfg, resume=True, progress=False, finish=False)
+    train(cfg, progress=False, finish=False)
+    with pytest.raises(UsageError, match="--resume"):
+        train(cfg, progress=False, finish=False)
+
+
+def test_train_cli_end_to_end_exports_a_loadable_pipeline(inputs, tmp_path):
+    from streamingt2v import StreamingT2VPipeline
+    from streamingt2v.cli import main
+
+    cfg = _configs(inputs, tmp_path / "run")["stream"]
+    path = tmp_path / "stream.json"
+    path.write_text(json.dumps(cfg.__dict__))
+    assert main(["train", "stream", "--config", str(path), "--steps", "2", "--quiet"]) == 0
+    final = Path(cfg.out_dir) / "final"
+    pipe = StreamingT2VPipeline.from_pretrained(final)
+    assert (
+        pipe("a red circle moving right on a black background", 20, steps=2).frames.shape[0] == 20
+    )
+    assert (Path(cfg.out_dir) / "samples" / "sample_0.gif").is_file()
+    assert (Path(cfg.out_dir) / "summary.json").is_file()

@@ -1,0 +1,112 @@
+"""The shapes world: rendering matches its ground truth; the checks read it back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamingt2v.metrics.world_checks import check_video, read_frame
+from streamingt2v.world.dataset import WorldClips
+from streamingt2v.world.render import (
+    BACKGROUNDS,
+    COLOURS,
+    WorldParams,
+    parse_caption,
+    render,
+    rng_for,
+    sample_params,
+    track,
+)
+
+
+def _params(**kw):
+    base = dict(
+        colour="red",
+        shape="square",
+        motion="moving right",
+        background="black",
+        size=0.2,
+        speed=0.04,
+        x0=0.5,
+        y0=0.5,
+        angle=0.0,
+        clockwise=False,
+        radius=0.25,
+    )
+    return WorldParams(**(base | kw))
+
+
+def test_render_is_deterministic_and_any_length():
+    p = sample_params(rng_for("x", 1))
+    assert np.array_equal(render(p, 30), render(p, 30))
+    assert render(p, 1200).shape == (1200, 32, 32, 3)
+    assert np.array_equal(render(p, np.arange(100, 110)), render(p, 110)[100:])
+
+
+def test_square_pixels_match_ground_truth_position_and_colour():
+    p = _params(x0=0.5, y0=0.5, size=0.25)  # a 8x8-pixel square centred on a pixel corner
+    frame = render(p, 1)[0]
+    assert (frame[12:20, 12:20] == COLOURS["red"]).all()
+    assert (frame[:11] == BACKGROUNDS["black"]).all()
+    assert (frame[21:] == BACKGROUNDS["black"]).all()
+
+
+def test_centroid_follows_track_including_wraparound():
+    p = _params(motion="moving left", x0=0.1, speed=0.05)
+    video = render(p, 40)
+    pos, vel = track(p, np.arange(40))
+    read = np.array([read_frame(f).centroid for f in video])
+    error = (read - pos + 0.5) % 1.0 - 0.5  # modulo the frame: the object wraps around
+    assert np.abs(error).max() < 0.02
+    assert np.allclose(vel, [-0.05, 0.0])
+
+
+def test_bouncing_stays_inside_and_reflects():
+    p = _params(motion="bouncing", angle=np.pi / 4, speed=0.05)
+    pos, vel = track(p, np.arange(400))
+    half = p.size / 2
+    assert (pos >= half - 1e-9).all() and (pos <= 1 - half + 1e-9).all()
+    assert (np.sign(vel[:, 0]) > 0).any() and (np.sign(vel[:, 0]) < 0).any()
+    assert np.allclose(np.linalg.norm(vel, axis=1), 0.05)
+
+
+def test_circling_keeps_radius_and_speed():
+    p = _params(motion="circling", radius=0.25, speed=0.03)
+    pos, vel = track(p, np.arange(300))
+    assert np.allclose(np.linalg.norm(pos - 0.5, axis=1), 0.25)
+    assert np.allclose(np.linalg.norm(vel, axis=1), 0.03)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_checks_read_rendered_videos_right(seed):
+    p = sample_params(rng_for("check", seed))
+    report = check_video(render(p, 96), parse_caption(p.caption))
+    assert report.colour_right == 1.0 and report.background_right == 1.0
+    assert report.shape_right >= 0.9
+    if report.direction_right is not None:
+        assert report.direction_right == 1.0
+    assert abs(report.speed_first / p.speed - 1) < 0.05
+
+
+def test_caption_round_trip_and_no_same_colour_background():
+    for i in range(200):
+        p = sample_params(rng_for("cap", i))
+        assert p.colour != p.background
+        assert parse_caption(p.caption) == dict(
+            colour=p.colour, shape=p.shape, motion=p.motion, background=p.background
+        )
+    with pytest.raises(ValueError):
+        _params(colour="white", background="white")
+    with pytest.raises(ValueError):
+        parse_caption("a purple blob dancing on a beach")
+
+
+def test_dataset_clip_and_anchor():
+    data = WorldClips(frames=16, max_start=300, seed=1)
+    clip = data.clip(7)
+    assert clip.frames.shape == (16, 32, 32, 3)
+    assert np.array_equal(clip.anchor, render(clip.params, 1)[0])
+    item = data[7]
+    assert item["video"].shape == (3, 16, 32, 32) and item["video"].min() >= -1
+    assert item["caption"] == clip.params.caption
+    assert np.array_equal(data.clip(7).frames, clip.frames)  # deterministic per index
