@@ -80,9 +80,14 @@ class Stage:
 class VaeStage(Stage):
     def __init__(self, cfg: TrainConfig, device: torch.device):
         self.cfg, self.device = cfg, device
-        self.module = AutoencoderKL(**cfg.model).to(device)
+        init = cfg.inputs.get("init")  # continue from an earlier VAE's weights
+        self.module = (load_diffusers(AutoencoderKL, Path(init)) if init
+                       else AutoencoderKL(**cfg.model)).to(device)
         self.data = WorldClips(frames=1, size=cfg.size, max_start=600, seed=cfg.seed)
         self.kl_weight = cfg.options.get("kl_weight", 1e-6)
+        # The object covers ~4% of a frame: without extra weight the VAE learns the
+        # background and blurs the object's colour away.
+        self.object_weight = cfg.options.get("object_weight", 0.0)
 
     def frames(self, index: int, batch: int) -> torch.Tensor:
         return clip_batch(self.data, index, batch)["video"][:, :, 0].to(self.device)  # (B,3,H,W)
@@ -94,7 +99,9 @@ class VaeStage(Stage):
             posterior.mean.shape, generator=generator_for(self.cfg, index)
         ).to(self.device)
         recon = self.module.decode(z).sample
-        return (recon - x).abs().mean() + self.kl_weight * posterior.kl().mean()
+        weight = 1 + self.object_weight * object_mask(x)  # (B, 1, H, W)
+        l1 = ((recon - x).abs() * weight).sum() / (weight.sum() * x.shape[1])
+        return l1 + self.kl_weight * posterior.kl().mean()
 
     @torch.no_grad()
     def export(self, folder: Path) -> dict[str, Any]:
@@ -108,6 +115,15 @@ class VaeStage(Stage):
         vae.save_pretrained(folder)
         _save_strip(torch.stack([x[:16], recon[:16]], 1).flatten(0, 1), folder / "sample.png", 16)
         return {"heldout_psnr_db": round(psnr, 2), "scaling_factor": vae.config.scaling_factor}
+
+
+def object_mask(frames: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in [-1, 1] -> (B, 1, H, W): 1 where a pixel differs from the frame's
+    background (the median colour of its border)."""
+    border = torch.cat([frames[:, :, 0], frames[:, :, -1], frames[:, :, :, 0],
+                        frames[:, :, :, -1]], dim=-1)  # (B, 3, 2H + 2W)
+    background = border.median(dim=-1).values[:, :, None, None]  # (B, 3, 1, 1)
+    return ((frames - background).abs().sum(1, keepdim=True) > 0.15).float()
 
 
 class ImageEncoderStage(Stage):

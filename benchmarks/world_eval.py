@@ -1,0 +1,117 @@
+"""Quality gates of the embedded default on the shapes world (embedded-default issue).
+
+Generates one video per prompt (fixed seeds, prompts drawn from the world's vocabulary by a
+fixed seed) and measures it with the model-free world checks and PySceneDetect:
+
+    python benchmarks/world_eval.py --model src/streamingt2v/default_model \
+        --prompts 50 --frames 240 --long-frames 1200 --long-prompts 3 --out docs/eval
+
+Writes ``OUT/world_eval.json`` (every video's figures) and prints the gates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from streamingt2v import StreamingT2VPipeline
+from streamingt2v.metrics.scuts import count_cuts
+from streamingt2v.metrics.world_checks import check_video
+from streamingt2v.world.render import STRAIGHT, parse_caption, rng_for, sample_params
+
+GATES = {
+    "colour_right": 0.90,
+    "background_right": 0.95,
+    "shape_right": 0.75,
+    "direction_right": 0.80,
+    "speed_kept": 0.50,
+    "cuts_per_video": 0.10,  # at most
+    "long_colour_right_last_240": 0.85,
+}
+
+
+def eval_prompts(count: int, seed: int) -> list[str]:
+    """``count`` prompts from the world's vocabulary; the motions cycle so all are present."""
+    motions = [*STRAIGHT, "bouncing", "circling"]
+    rng = rng_for("eval", seed)
+    return [sample_params(rng, motion=motions[i % len(motions)]).caption for i in range(count)]
+
+
+def run_one(pipe, prompt: str, frames: int, seed: int, settings: dict) -> tuple[np.ndarray, float]:
+    started = time.perf_counter()
+    video = np.concatenate([c.frames for c in pipe.stream(prompt, frames, seed=seed, **settings)])
+    return video, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--prompts", type=int, default=50)
+    parser.add_argument("--frames", type=int, default=240)
+    parser.add_argument("--long-prompts", type=int, default=3)
+    parser.add_argument("--long-frames", type=int, default=1200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--scheduler", default=None)
+    parser.add_argument("--out", type=Path, default=Path("docs/eval"))
+    args = parser.parse_args()
+    pipe = StreamingT2VPipeline.from_pretrained(args.model)
+    settings = {k: v for k, v in (("steps", args.steps), ("scheduler", args.scheduler)) if v}
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, prompt in enumerate(eval_prompts(args.prompts, args.seed)):
+        video, seconds = run_one(pipe, prompt, args.frames, seed=i, settings=settings)
+        report = check_video(video, parse_caption(prompt)).as_dict()
+        report |= {"prompt": prompt, "seed": i, "seconds": seconds, "cuts": count_cuts(video)}
+        rows.append(report)
+        print(json.dumps({k: report[k] for k in ("prompt", "colour_right", "shape_right",
+                                                  "direction_right", "cuts", "seconds")}),
+              flush=True)
+    long_rows = []
+    for i, prompt in enumerate(eval_prompts(args.long_prompts, args.seed + 1)):
+        video, seconds = run_one(pipe, prompt, args.long_frames, seed=1000 + i, settings=settings)
+        tail = check_video(video[-240:], parse_caption(prompt))
+        long_rows.append({"prompt": prompt, "frames": len(video), "seconds": seconds,
+                          "colour_right_last_240": tail.colour_right,
+                          "shape_right_last_240": tail.shape_right})
+        print(json.dumps(long_rows[-1]), flush=True)
+    summary = summarize(rows, long_rows)
+    (args.out / "world_eval.json").write_text(json.dumps(
+        {"summary": summary, "videos": rows, "long": long_rows,
+         "settings": vars(args) | {"model": str(args.model), "out": str(args.out)}},
+        indent=2, default=str))
+    print(json.dumps(summary, indent=2))
+
+
+def summarize(rows: list[dict], long_rows: list[dict]) -> dict:
+    def mean(key, items=rows):
+        values = [r[key] for r in items if r.get(key) is not None]
+        return round(statistics.mean(values), 4) if values else None
+
+    kept = [r["speed_last"] / r["speed_first"] for r in rows
+            if r["speed_first"] and r["speed_last"] is not None]
+    measured = {
+        "colour_right": mean("colour_right"),
+        "background_right": mean("background_right"),
+        "shape_right": mean("shape_right"),
+        "direction_right": mean("direction_right"),
+        "speed_kept": round(statistics.mean(kept), 4) if kept else None,
+        "cuts_per_video": mean("cuts"),
+        "long_colour_right_last_240": mean("colour_right_last_240", long_rows),
+        "seconds_per_video": mean("seconds"),
+    }
+    passed = {}
+    for key, bound in GATES.items():
+        value = measured[key]
+        passed[key] = None if value is None else (
+            value <= bound if key == "cuts_per_video" else value >= bound)
+    return {"measured": measured, "gates": GATES, "passed": passed, "videos": len(rows)}
+
+
+if __name__ == "__main__":
+    main()
