@@ -69,22 +69,49 @@ def main() -> None:
         report = check_video(video, parse_caption(prompt)).as_dict()
         report |= {"prompt": prompt, "seed": i, "seconds": seconds, "cuts": count_cuts(video)}
         rows.append(report)
-        print(json.dumps({k: report[k] for k in ("prompt", "colour_right", "shape_right",
-                                                  "direction_right", "cuts", "seconds")}),
-              flush=True)
+        print(
+            json.dumps(
+                {
+                    k: report[k]
+                    for k in (
+                        "prompt",
+                        "colour_right",
+                        "shape_right",
+                        "direction_right",
+                        "cuts",
+                        "seconds",
+                    )
+                }
+            ),
+            flush=True,
+        )
     long_rows = []
     for i, prompt in enumerate(eval_prompts(args.long_prompts, args.seed + 1)):
         video, seconds = run_one(pipe, prompt, args.long_frames, seed=1000 + i, settings=settings)
         tail = check_video(video[-240:], parse_caption(prompt))
-        long_rows.append({"prompt": prompt, "frames": len(video), "seconds": seconds,
-                          "colour_right_last_240": tail.colour_right,
-                          "shape_right_last_240": tail.shape_right})
+        long_rows.append(
+            {
+                "prompt": prompt,
+                "frames": len(video),
+                "seconds": seconds,
+                "colour_right_last_240": tail.colour_right,
+                "shape_right_last_240": tail.shape_right,
+            }
+        )
         print(json.dumps(long_rows[-1]), flush=True)
     summary = summarize(rows, long_rows)
-    (args.out / "world_eval.json").write_text(json.dumps(
-        {"summary": summary, "videos": rows, "long": long_rows,
-         "settings": vars(args) | {"model": str(args.model), "out": str(args.out)}},
-        indent=2, default=str))
+    (args.out / "world_eval.json").write_text(
+        json.dumps(
+            {
+                "summary": summary,
+                "videos": rows,
+                "long": long_rows,
+                "settings": vars(args) | {"model": str(args.model), "out": str(args.out)},
+            },
+            indent=2,
+            default=str,
+        )
+    )
     print(json.dumps(summary, indent=2))
 
 
@@ -93,8 +120,11 @@ def summarize(rows: list[dict], long_rows: list[dict]) -> dict:
         values = [r[key] for r in items if r.get(key) is not None]
         return round(statistics.mean(values), 4) if values else None
 
-    kept = [r["speed_last"] / r["speed_first"] for r in rows
-            if r["speed_first"] and r["speed_last"] is not None]
+    kept = [
+        r["speed_last"] / r["speed_first"]
+        for r in rows
+        if r["speed_first"] and r["speed_last"] is not None
+    ]
     measured = {
         "colour_right": mean("colour_right"),
         "background_right": mean("background_right"),
@@ -108,8 +138,11 @@ def summarize(rows: list[dict], long_rows: list[dict]) -> dict:
     passed = {}
     for key, bound in GATES.items():
         value = measured[key]
-        passed[key] = None if value is None else (
-            value <= bound if key == "cuts_per_video" else value >= bound)
+        passed[key] = (
+            None
+            if value is None
+            else (value <= bound if key == "cuts_per_video" else value >= bound)
+        )
     return {"measured": measured, "gates": GATES, "passed": passed, "videos": len(rows)}
 
 

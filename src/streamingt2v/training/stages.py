@@ -81,8 +81,9 @@ class VaeStage(Stage):
     def __init__(self, cfg: TrainConfig, device: torch.device):
         self.cfg, self.device = cfg, device
         init = cfg.inputs.get("init")  # continue from an earlier VAE's weights
-        self.module = (load_diffusers(AutoencoderKL, Path(init)) if init
-                       else AutoencoderKL(**cfg.model)).to(device)
+        self.module = (
+            load_diffusers(AutoencoderKL, Path(init)) if init else AutoencoderKL(**cfg.model)
+        ).to(device)
         self.data = WorldClips(frames=1, size=cfg.size, max_start=600, seed=cfg.seed)
         self.kl_weight = cfg.options.get("kl_weight", 1e-6)
         # The object covers ~4% of a frame: without extra weight the VAE learns the
@@ -120,8 +121,9 @@ class VaeStage(Stage):
 def object_mask(frames: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) in [-1, 1] -> (B, 1, H, W): 1 where a pixel differs from the frame's
     background (the median colour of its border)."""
-    border = torch.cat([frames[:, :, 0], frames[:, :, -1], frames[:, :, :, 0],
-                        frames[:, :, :, -1]], dim=-1)  # (B, 3, 2H + 2W)
+    border = torch.cat(
+        [frames[:, :, 0], frames[:, :, -1], frames[:, :, :, 0], frames[:, :, :, -1]], dim=-1
+    )  # (B, 3, 2H + 2W)
     background = border.median(dim=-1).values[:, :, None, None]  # (B, 3, 1, 1)
     return ((frames - background).abs().sum(1, keepdim=True) > 0.15).float()
 

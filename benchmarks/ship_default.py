@@ -1,0 +1,82 @@
+"""Copy a trained pipeline into the package as the embedded default, in fp16, with its card.
+
+    python benchmarks/ship_default.py --pipeline runs/default/stream/final \
+        --runs runs/default --eval docs/eval/world_eval.json
+
+Writes ``src/streamingt2v/default_model/``: the pipeline folder (weights stored as fp16
+safetensors; loaded back as float32 on CPU), loss-curve PNGs and ``MODEL_CARD.md`` built
+from each stage's config, summary and loss log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from streamingt2v import StreamingT2VPipeline
+from streamingt2v.generate import DEFAULT_MODEL_DIR
+
+STAGES = ("vae", "vae_objects", "image_encoder", "base", "stream")
+
+
+def loss_curve(log: Path, out: Path, title: str) -> None:
+    """A plain loss-curve PNG (log scale, 100-step running mean) drawn with Pillow."""
+    with log.open() as f:
+        losses = np.array([float(r["loss"]) for r in csv.DictReader(f)])
+    kernel = min(100, len(losses))
+    smooth = np.convolve(losses, np.ones(kernel) / kernel, mode="valid")
+    w, h, pad = 480, 240, 30
+    img = Image.new("RGB", (w, h), "white")
+    draw = ImageDraw.Draw(img)
+    y = np.log10(np.maximum(smooth, 1e-8))
+    lo, hi = y.min(), y.max() + 1e-9
+    xs = pad + np.arange(len(y)) / max(1, len(y) - 1) * (w - 2 * pad)
+    ys = h - pad - (y - lo) / (hi - lo) * (h - 2 * pad)
+    draw.line(list(zip(xs.tolist(), ys.tolist(), strict=True)), fill=(30, 80, 200), width=2)
+    draw.rectangle([pad, pad, w - pad, h - pad], outline="black")
+    draw.text((pad, 8), f"{title}: loss (100-step mean, log10)", fill="black")
+    draw.text(
+        (pad, h - pad + 6), f"step 0 .. {len(losses)}; {10**hi:.4f} .. {10**lo:.4f}", fill="black"
+    )
+    img.save(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pipeline", type=Path, required=True)
+    parser.add_argument("--runs", type=Path, default=Path("runs/default"))
+    parser.add_argument("--eval", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR)
+    args = parser.parse_args()
+
+    pipe = StreamingT2VPipeline.from_pretrained(args.pipeline)
+    tmp = args.out.with_name(args.out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.to("cpu", torch.float16).save_pretrained(tmp)
+    stages = {}
+    for stage in STAGES:
+        run = args.runs / stage
+        if not (run / "summary.json").is_file():
+            continue
+        stages[stage] = {
+            "summary": json.loads((run / "summary.json").read_text()),
+            "config": json.loads((run / "checkpoint" / "state.json").read_text())["config"],
+        }
+        loss_curve(run / "loss.csv", tmp / f"loss_{stage}.png", stage)
+    (tmp / "training.json").write_text(json.dumps(stages, indent=2))
+    if args.eval:
+        shutil.copy(args.eval, tmp / "world_eval.json")
+    shutil.rmtree(args.out, ignore_errors=True)
+    tmp.rename(args.out)
+    print(f"shipped to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
