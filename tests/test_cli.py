@@ -247,3 +247,30 @@ def test_missing_embedded_default_is_explained(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(gen, "DEFAULT_MODEL_DIR", tmp_path / "absent")
     assert run("generate", "p", "--out", tmp_path / "v.mp4", *FAST) == 2
     assert "--model" in capsys.readouterr().err
+
+
+def test_real_sigint_keeps_a_playable_video(tiny_model_dir, tmp_path):
+    """A real Ctrl-C (SIGINT) to the installed command, once the first chunks are written."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "v.mp4"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamingt2v.cli", "generate", "a red circle", "--frames",
+         "2000", "--out", str(out), "--model", str(tiny_model_dir), "--steps", "2", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    partial = tmp_path / "v.mp4.partial"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (partial.exists() and partial.stat().st_size > 0):
+        time.sleep(0.2)
+    time.sleep(1.0)  # let a few more chunks land
+    os.kill(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    frames = read_video(out)
+    manifest = json.loads((tmp_path / "v.mp4.json").read_text())
+    assert 0 < len(frames) == manifest["frames"] < 2000
+    assert manifest["interrupted"] is True
