@@ -54,8 +54,9 @@ def main() -> None:
         writer.finish()
         xt = xt_slice(video).repeat(2, 0).repeat(args.scale, 1)  # (2F, W*scale, 3)
         slices.append(np.pad(xt, ((0, 0), (0, 8), (0, 0)), constant_values=255))
-        index.append({"file": f"sample_{i}.gif", "prompt": prompt, "seed": i,
-                      "frames": args.frames})
+        index.append(
+            {"file": f"sample_{i}.gif", "prompt": prompt, "seed": i, "frames": args.frames}
+        )
     Image.fromarray(np.concatenate(slices, axis=1)).save(args.out / "xt_slices.png")
     (args.out / "index.json").write_text(json.dumps(index, indent=2))
 

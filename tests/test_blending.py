@@ -54,5 +54,6 @@ def test_shared_noise_is_per_frame_and_independent_noise_per_chunk():
     a = frame_noise(1, 10, (4, 2, 2))
     assert torch.equal(a, frame_noise(1, 10, (4, 2, 2)))
     assert not torch.equal(a, frame_noise(1, 11, (4, 2, 2)))
-    assert not torch.equal(frame_noise(1, 10, (4, 2, 2), chunk=0),
-                           frame_noise(1, 10, (4, 2, 2), chunk=1))
+    assert not torch.equal(
+        frame_noise(1, 10, (4, 2, 2), chunk=0), frame_noise(1, 10, (4, 2, 2), chunk=1)
+    )

@@ -257,9 +257,25 @@ def test_real_sigint_keeps_a_playable_video(tiny_model_dir, tmp_path):
 
     out = tmp_path / "v.mp4"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamingt2v.cli", "generate", "a red circle", "--frames",
-         "2000", "--out", str(out), "--model", str(tiny_model_dir), "--steps", "2", "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "streamingt2v.cli",
+            "generate",
+            "a red circle",
+            "--frames",
+            "2000",
+            "--out",
+            str(out),
+            "--model",
+            str(tiny_model_dir),
+            "--steps",
+            "2",
+            "--quiet",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     partial = tmp_path / "v.mp4.partial"
     deadline = time.time() + 120

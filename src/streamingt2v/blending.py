@@ -42,8 +42,9 @@ def _seed(*keys: object) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def frame_noise(seed: int, frame: int, shape: tuple[int, ...], chunk: int | None = None
-                ) -> torch.Tensor:
+def frame_noise(
+    seed: int, frame: int, shape: tuple[int, ...], chunk: int | None = None
+) -> torch.Tensor:
     """Gaussian noise of one frame's latents (C, h, w); ``chunk`` set: independent noise."""
     key = ("frame", seed, frame) if chunk is None else ("chunk-frame", seed, chunk, frame)
     return torch.randn(shape, generator=torch.Generator().manual_seed(_seed(*key)))
@@ -51,8 +52,9 @@ def frame_noise(seed: int, frame: int, shape: tuple[int, ...], chunk: int | None
 
 def step_noise(seed: int, frame: int, step: int, shape: tuple[int, ...]) -> torch.Tensor:
     """The stochastic sampler's fresh noise for frame f at step s (DDIM with eta > 0)."""
-    return torch.randn(shape, generator=torch.Generator().manual_seed(_seed("step", seed, frame,
-                                                                           step)))
+    return torch.randn(
+        shape, generator=torch.Generator().manual_seed(_seed("step", seed, frame, step))
+    )
 
 
 def cut_offset(seed: int, boundary: int, step: int, overlap: int) -> int:
@@ -60,8 +62,9 @@ def cut_offset(seed: int, boundary: int, step: int, overlap: int) -> int:
     return int(np.random.default_rng(_seed("cut", seed, boundary, step)).integers(overlap))
 
 
-def owners(starts: list[int], num_frames: int, chunk: int, seed: int, step: int,
-           randomized: bool = True) -> np.ndarray:
+def owners(
+    starts: list[int], num_frames: int, chunk: int, seed: int, step: int, randomized: bool = True
+) -> np.ndarray:
     """For every frame, the chunk whose x0 prediction it takes at ``step``.
 
     Chunks are written in order; chunk k overwrites from ``start_k + off_k`` on, where off_k

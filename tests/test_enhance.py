@@ -1,0 +1,112 @@
+"""Randomized blending: the streaming wavefront equals the whole-video algorithm."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import UNet3DConditionModel
+
+from streamingt2v.enhance import (
+    EnhanceConfig,
+    Schedule,
+    denoise_chunks,
+    denoise_streaming,
+    denoise_whole,
+)
+from streamingt2v.random_models import MODELSCOPE_SCHEDULER
+
+
+@pytest.fixture(scope="module")
+def denoiser():
+    torch.manual_seed(0)
+    unet = UNet3DConditionModel(
+        sample_size=4,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+        block_out_channels=(32, 32),
+        layers_per_block=1,
+        cross_attention_dim=8,
+        attention_head_dim=4,
+        norm_num_groups=32,
+    ).eval()
+    context = torch.randn(1, 3, 8)
+
+    @torch.no_grad()
+    def denoise(x, t):
+        return unet(x, t, context.expand(x.shape[0], -1, -1)).sample
+
+    return denoise
+
+
+def _source(num_frames):
+    latents = torch.randn(num_frames, 4, 4, 4, generator=torch.Generator().manual_seed(5))
+    return lambda frames: latents[frames.start : frames.stop]
+
+
+@pytest.mark.parametrize("num_frames, eta", [(5, 0.0), (20, 0.0), (29, 1.0)])
+def test_streaming_wavefront_equals_whole_video(denoiser, num_frames, eta):
+    cfg = EnhanceConfig(chunk=8, overlap=3, steps=10, strength=0.6, eta=eta, seed=2)
+    whole = denoise_whole(
+        denoiser, _source(num_frames), num_frames, Schedule(MODELSCOPE_SCHEDULER, cfg)
+    )
+    streamed = list(
+        denoise_streaming(
+            denoiser, _source(num_frames), num_frames, Schedule(MODELSCOPE_SCHEDULER, cfg)
+        )
+    )
+    assert [f for f, _ in streamed] == list(range(num_frames))
+    diff = (torch.stack([x for _, x in streamed]) - whole).abs().max().item()
+    assert diff <= 1e-5
+
+
+def _run(denoiser, n, mode, **kw):
+    cfg = EnhanceConfig(chunk=8, overlap=3, steps=10, mode=mode, seed=2, **kw)
+    schedule = Schedule(MODELSCOPE_SCHEDULER, cfg)
+    if mode == "randomized":
+        return denoise_whole(denoiser, _source(n), n, schedule)
+    return torch.stack([x for _, x in denoise_chunks(denoiser, _source(n), n, schedule)])
+
+
+def test_modes_differ_only_where_they_should(denoiser):
+    n = 20  # chunks start at 0, 5, 10, 12
+    independent = _run(denoiser, n, "independent")
+    shared = _run(denoiser, n, "shared-noise")
+    randomized = _run(denoiser, n, "randomized")
+    # B and B+S share chunk 0 (same noise, same trajectory) up to where chunk 1 takes over,
+    # and differ after it, where only B+S reuses the overlap's noise.
+    assert torch.equal(independent[:5], shared[:5])
+    assert not torch.allclose(independent[5:], shared[5:], atol=1e-3)
+    # Randomized blending couples the chunks: it differs from B+S everywhere...
+    assert not torch.allclose(randomized[:5], shared[:5], atol=1e-5)
+    # ...except with a single chunk, where there is nothing to blend.
+    assert torch.allclose(
+        _run(denoiser, 8, "randomized"), _run(denoiser, 8, "shared-noise"), atol=1e-5
+    )
+
+
+def test_shorter_than_one_chunk_and_tail_lengths_work(denoiser):
+    for n in (1, 8, 9, 14):
+        cfg = EnhanceConfig(chunk=8, overlap=3, steps=4, seed=1)
+        frames = [
+            f
+            for f, _ in denoise_streaming(
+                denoiser, _source(n), n, Schedule(MODELSCOPE_SCHEDULER, cfg)
+            )
+        ]
+        assert frames == list(range(n))
+        frames = [
+            f
+            for f, _ in denoise_chunks(denoiser, _source(n), n, Schedule(MODELSCOPE_SCHEDULER, cfg))
+        ]
+        assert frames == list(range(n))
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="overlap"):
+        EnhanceConfig(chunk=8, overlap=8)
+    with pytest.raises(ValueError, match="strength"):
+        EnhanceConfig(strength=0)
+    with pytest.raises(ValueError, match="mode"):
+        EnhanceConfig(mode="fancy")
