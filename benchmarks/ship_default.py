@@ -54,9 +54,15 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=Path("runs/default"))
     parser.add_argument("--eval", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR)
+    parser.add_argument("--steps", type=int, default=None, help="default sampling steps")
+    parser.add_argument("--scheduler", default=None, help="default scheduler (ddim or dpm)")
     args = parser.parse_args()
 
     pipe = StreamingT2VPipeline.from_pretrained(args.pipeline)
+    if args.steps:
+        pipe.config.sample.steps = args.steps
+    if args.scheduler:
+        pipe.config.sample.scheduler = args.scheduler
     tmp = args.out.with_name(args.out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.to("cpu", torch.float16).save_pretrained(tmp)
