@@ -98,36 +98,10 @@ def test_gif_output(tiny_model_dir, tmp_path):
 def test_overwrite_replaces_and_refusal_keeps(tiny_model_dir, tmp_path):
     out = tmp_path / "v.mp4"
     out.write_bytes(b"precious")
-    assert (
-        run(
-            "generate",
-            "a red circle",
-            "--frames",
-            3,
-            "--out",
-            out,
-            "--model",
-            tiny_model_dir,
-            *FAST,
-        )
-        == 2
-    )
+    args = ["generate", "a red circle", "--frames", 3, "--out", out, "--model", tiny_model_dir]
+    assert run(*args, *FAST) == 2
     assert out.read_bytes() == b"precious"
-    assert (
-        run(
-            "generate",
-            "a red circle",
-            "--frames",
-            3,
-            "--out",
-            out,
-            "--model",
-            tiny_model_dir,
-            "--overwrite",
-            *FAST,
-        )
-        == 0
-    )
+    assert run(*args, "--overwrite", *FAST) == 0
     assert read_video(out).shape[0] == 3
 
 
