@@ -197,16 +197,7 @@ class StreamingT2VPipeline:
                 root / "apm",
                 config_to_dict(self.apm.config) | {"num_layers": len(self.apm.mixers)},
             )
-            encoder = self.image_encoder
-            encoder.model.save_pretrained(root / "image_encoder")
-            (root / "image_encoder" / "preprocessor_config.json").write_text(
-                json.dumps(
-                    {
-                        "image_mean": encoder.mean.flatten().tolist(),
-                        "image_std": encoder.std.flatten().tolist(),
-                    }
-                )
-            )
+            self.image_encoder.save_pretrained(root / "image_encoder")
         index = {"_class_name": "StreamingT2VPipeline", "_streamingt2v_version": __version__}
         (root / "model_index.json").write_text(json.dumps(index, indent=2))
 

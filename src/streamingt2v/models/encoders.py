@@ -9,6 +9,7 @@ image encoder is any CLIP-like vision tower with a pooled projected embedding
 from __future__ import annotations
 
 import importlib
+import json
 from pathlib import Path
 
 import torch
@@ -145,6 +146,15 @@ class ImageEncoder(nn.Module):
     @property
     def dim(self) -> int:
         return self.model.config.projection_dim
+
+    def save_pretrained(self, folder: Path) -> None:
+        """The tower's transformers folder plus the normalization ``from_folder`` reads."""
+        self.model.save_pretrained(folder)
+        config = {
+            "image_mean": self.mean.flatten().tolist(),
+            "image_std": self.std.flatten().tolist(),
+        }
+        (Path(folder) / "preprocessor_config.json").write_text(json.dumps(config))
 
     @torch.no_grad()
     def forward(self, frames_bchw: torch.Tensor) -> torch.Tensor:

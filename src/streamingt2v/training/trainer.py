@@ -149,6 +149,7 @@ def train(
     start, seconds = load_checkpoint(ckpt, module, ema, optimizer) if resume else (0, 0.0)
     module, optimizer = accelerator.prepare(module, optimizer)
     stage.module = module
+    params = trainable(accelerator.unwrap_model(module))  # the same tensors, named once
     log_path = out / "loss.csv"
     rows = _read_log(log_path)[:start] if resume else []
     _write_log(log_path, rows)
@@ -171,10 +172,10 @@ def train(
                 loss = stage.loss(index + accelerator.process_index) / cfg.grad_accum
                 accelerator.backward(loss)
                 total += loss.item()
-            accelerator.clip_grad_norm_(list(trainable(module).values()), cfg.grad_clip)
+            accelerator.clip_grad_norm_(list(params.values()), cfg.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            ema.update(trainable(accelerator.unwrap_model(module)), step)
+            ema.update(params, step)
             writer.writerow([step, f"{total:.6f}", f"{lr_at(cfg, step):.3e}"])
             bar.set_postfix(loss=f"{total:.4f}")
             done = step + 1
