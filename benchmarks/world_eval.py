@@ -22,6 +22,7 @@ import numpy as np
 from streamingt2v import StreamingT2VPipeline
 from streamingt2v.metrics.scuts import count_cuts
 from streamingt2v.metrics.world_checks import check_video
+from streamingt2v.models.encoders import PromptTable
 from streamingt2v.world.render import STRAIGHT, parse_caption, rng_for, sample_params
 
 GATES = {
@@ -59,8 +60,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--scheduler", default=None)
     parser.add_argument("--out", type=Path, default=Path("docs/eval"))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--text-table", type=Path, help="a PromptTable in place of the model's text encoder"
+    )
     args = parser.parse_args()
-    pipe = StreamingT2VPipeline.from_pretrained(args.model)
+    table = PromptTable.load(args.text_table) if args.text_table else None
+    pipe = StreamingT2VPipeline.from_pretrained(args.model, args.device, text_encoder=table)
     settings = {k: v for k, v in (("steps", args.steps), ("scheduler", args.scheduler)) if v}
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []

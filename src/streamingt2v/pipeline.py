@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
+from torch import nn
 
 from . import __version__
 from .config import (
@@ -128,11 +129,13 @@ class StreamingT2VPipeline:
         path: str | Path,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
+        text_encoder: nn.Module | None = None,
     ) -> StreamingT2VPipeline:
         """Load a pipeline folder (or a ModelScope diffusers folder, as a base-only pipeline).
 
         Every component is loaded strictly: missing or unexpected weights raise a
-        ModelLoadError that names them.
+        ModelLoadError that names them. ``text_encoder`` replaces the folder's (e.g. a
+        ``PromptTable`` where the encoder's package is not installed).
         """
         root = Path(path)
         if not root.is_dir():
@@ -145,7 +148,7 @@ class StreamingT2VPipeline:
         )
         unet = load_diffusers(UNet3DConditionModel, root / "unet")
         vae = load_diffusers(AutoencoderKL, root / "vae")
-        text_encoder = (
+        text_encoder = text_encoder or (
             TextEncoder.from_package(
                 config.text_encoder_package, config.stream.text_tokens, config.text_attention_mask
             )
@@ -203,8 +206,10 @@ class StreamingT2VPipeline:
 
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None):
         for module in self._modules():
-            # Re-casting a diffusers model to the dtype it has only prints warnings.
-            same = dtype is None or next(module.parameters()).dtype == dtype
+            # Re-casting a diffusers model to the dtype it has only prints warnings; a module
+            # without parameters (a PromptTable) keeps its dtype.
+            first = next(module.parameters(), None)
+            same = dtype is None or first is None or first.dtype == dtype
             module.to(device=device) if same else module.to(device=device, dtype=dtype)
         return self
 

@@ -14,7 +14,6 @@ import os
 import shutil
 from pathlib import Path
 
-import av
 import numpy as np
 from PIL import Image
 
@@ -62,6 +61,8 @@ class VideoWriter:
             self.frames_written += 1
 
     def _write_mp4(self, frame: np.ndarray) -> None:
+        import av  # imported on use: GIF and PNG output need no FFmpeg
+
         if self._container is None:
             self._container = av.open(str(self.partial), "w", format="mp4")
             self._stream = self._container.add_stream("libx264", rate=self.fps)
@@ -133,6 +134,8 @@ def read_video(path: str | Path) -> np.ndarray:
     elif not path.is_file():
         raise UsageError(f"video not found: {path}")
     else:
+        import av
+
         try:
             with av.open(str(path)) as container:
                 frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 import transformers
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 
@@ -117,6 +119,56 @@ class TextEncoder(nn.Module):
         weights = tokens.attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
         pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
         return nn.functional.normalize(pooled, dim=-1)
+
+
+class PromptTable(nn.Module):
+    """A text encoder's outputs for a closed set of prompts, looked up instead of computed.
+
+    The shapes world's captions are a closed set, so training can run where the encoder is
+    not installed (a GPU machine without the package): build the table once where it is
+    (``from_encoder``), ``save`` it as safetensors, and pass it as ``inputs.text_table``.
+    Answers ``forward`` and ``sentence`` exactly as the encoder it was built from.
+    """
+
+    def __init__(self, prompts: list[str], tokens: torch.Tensor, sentences: torch.Tensor):
+        super().__init__()
+        self.prompts = list(prompts)
+        self.rows = {p: i for i, p in enumerate(self.prompts)}
+        self.register_buffer("tokens", tokens)  # (K, T, D)
+        self.register_buffer("sentences", sentences)  # (K, D)
+
+    @classmethod
+    def from_encoder(cls, encoder: TextEncoder, prompts: list[str]) -> PromptTable:
+        return cls(prompts, encoder(prompts).float(), encoder.sentence(prompts).float())
+
+    def save(self, path: Path) -> None:
+        tensors = {"tokens": self.tokens.contiguous(), "sentences": self.sentences.contiguous()}
+        save_file(tensors, str(path), metadata={"prompts": json.dumps(self.prompts)})
+
+    @classmethod
+    def load(cls, path: Path) -> PromptTable:
+        try:
+            with safe_open(str(path), "pt") as f:
+                prompts = json.loads(f.metadata()["prompts"])
+                return cls(prompts, f.get_tensor("tokens"), f.get_tensor("sentences"))
+        except Exception as err:  # a missing, truncated or foreign file
+            raise ModelLoadError(f"cannot load prompt table {path}: {err}") from err
+
+    @property
+    def dim(self) -> int:
+        return self.tokens.shape[-1]
+
+    def _index(self, prompts: list[str]) -> torch.Tensor:
+        missing = [p for p in prompts if p not in self.rows]
+        if missing:
+            raise ModelLoadError(f"prompt not in the prompt table: {missing[0]!r}")
+        return torch.tensor([self.rows[p] for p in prompts], device=self.tokens.device)
+
+    def forward(self, prompts: list[str]) -> torch.Tensor:
+        return self.tokens[self._index(prompts)]
+
+    def sentence(self, prompts: list[str]) -> torch.Tensor:
+        return self.sentences[self._index(prompts)]
 
 
 class ImageEncoder(nn.Module):

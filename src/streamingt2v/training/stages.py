@@ -12,7 +12,9 @@ stream         CAM + APM on the frozen base's temporal layers (official recipe: 
                precede the chunk's new frames, passed through the VAE as at inference; the
                anchor is frame 0 of the same long video.
 
-Each stage's ``loss(index)`` draws its batch and noise from (seed, index) alone.
+Each stage's ``loss(index, batch)`` draws its noise from (seed, index) alone; the batch is
+``clip_batch(stage.data, index, batch_size)``, rendered ahead by the trainer's workers (or
+here, when not given).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 from ..config import ApmConfig, CamConfig, PipelineConfig, StreamConfig, UsageError
 from ..models.apm import AppearancePreservationModule
 from ..models.cam import ConditionalAttentionModule
-from ..models.encoders import ImageEncoder, TextEncoder
+from ..models.encoders import ImageEncoder, PromptTable, TextEncoder
 from ..models.unet import unet_forward
 from ..models.weights import load_diffusers
 from ..pipeline import StreamingT2VPipeline
@@ -49,8 +51,18 @@ def generator_for(cfg: TrainConfig, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(cfg.seed * 1_000_003 + index)
 
 
-def text_encoder() -> TextEncoder:
+def text_encoder(cfg: TrainConfig) -> TextEncoder | PromptTable:
+    """MiniLM from its package, or the table of its outputs named by ``inputs.text_table``."""
+    table = cfg.inputs.get("text_table")
+    if table:
+        return PromptTable.load(Path(table))
     return TextEncoder.from_package(TEXT_PACKAGE, TEXT_TOKENS, attention_mask=True)
+
+
+def write_text_table(path: Path) -> None:
+    """MiniLM's outputs for every world caption and the empty prompt (``inputs.text_table``)."""
+    encoder = TextEncoder.from_package(TEXT_PACKAGE, TEXT_TOKENS, attention_mask=True)
+    PromptTable.from_encoder(encoder, ["", *all_captions()]).save(path)
 
 
 def all_captions() -> list[str]:
@@ -68,8 +80,14 @@ class Stage:
     """A trainable ``module`` (all its trainable parameters are optimized), a loss, an export."""
 
     module: nn.Module
+    cfg: TrainConfig
+    data: WorldClips
 
-    def loss(self, index: int) -> torch.Tensor:
+    def loss(self, index: int, batch: dict | None = None) -> torch.Tensor:
+        """The loss of sample index ``index`` on its batch (rendered here when not given)."""
+        return self.batch_loss(index, batch or clip_batch(self.data, index, self.cfg.batch_size))
+
+    def batch_loss(self, index: int, batch: dict) -> torch.Tensor:
         raise NotImplementedError
 
     def export(self, folder: Path) -> dict[str, Any] | None:
@@ -92,8 +110,8 @@ class VaeStage(Stage):
     def frames(self, index: int, batch: int) -> torch.Tensor:
         return clip_batch(self.data, index, batch)["video"][:, :, 0].to(self.device)  # (B,3,H,W)
 
-    def loss(self, index: int) -> torch.Tensor:
-        x = self.frames(index, self.cfg.batch_size)
+    def batch_loss(self, index: int, batch: dict) -> torch.Tensor:
+        x = batch["video"][:, :, 0].to(self.device)  # (B, 3, H, W)
         posterior = self.module.encode(x).latent_dist
         z = posterior.mean + posterior.std * torch.randn(
             posterior.mean.shape, generator=generator_for(self.cfg, index)
@@ -135,7 +153,7 @@ def _static_key(caption: str) -> tuple[str, str, str]:
 class ImageEncoderStage(Stage):
     def __init__(self, cfg: TrainConfig, device: torch.device):
         self.cfg, self.device = cfg, device
-        text = text_encoder()
+        text = text_encoder(cfg)
         if cfg.model.get("projection_dim") != text.dim:
             raise UsageError(
                 f"image encoder projection_dim must equal the text encoder's "
@@ -160,8 +178,7 @@ class ImageEncoderStage(Stage):
         """(B, K) soft targets of a batch's captions."""
         return torch.stack([self.soft[c] for c in captions]).to(self.device)
 
-    def loss(self, index: int) -> torch.Tensor:
-        batch = clip_batch(self.data, index, self.cfg.batch_size)
+    def batch_loss(self, index: int, batch: dict) -> torch.Tensor:
         image = nn.functional.normalize(
             self.encoder.embed(batch["video"][:, :, 0].to(self.device)), dim=-1
         )
@@ -189,7 +206,7 @@ class LatentVideoStage(Stage):
         self.cfg, self.device = cfg, device
         self.vae = load_diffusers(AutoencoderKL, Path(cfg.inputs["vae"])).to(device).eval()
         self.vae.requires_grad_(False)
-        self.text = text_encoder().to(device)
+        self.text = text_encoder(cfg).to(device)
         self.noise = DDPMScheduler.from_config(MODELSCOPE_SCHEDULER)
         self.data = WorldClips(frames=frames, size=cfg.size, max_start=max_start, seed=cfg.seed)
         self.drop_text = cfg.options.get("drop_text", 0.1)  # classifier-free guidance training
@@ -229,9 +246,8 @@ class BaseStage(LatentVideoStage):
         super().__init__(cfg, device, frames=16, max_start=600)
         self.module = UNet3DConditionModel(**cfg.model).to(device)
 
-    def loss(self, index: int) -> torch.Tensor:
+    def batch_loss(self, index: int, batch: dict) -> torch.Tensor:
         g = generator_for(self.cfg, index)
-        batch = clip_batch(self.data, index, self.cfg.batch_size)
         z0 = self.encode_video(batch["video"])
         x, eps, t = self.noised(z0, g)
         pred = unet_forward(self.module, x, t, self.context(batch["caption"], g))
@@ -284,9 +300,8 @@ class StreamStage(LatentVideoStage):
         pixels = self.vae.decode(frames).sample.clamp(-1, 1)
         return pixels.unflatten(0, (video.shape[0], -1)).permute(0, 2, 1, 3, 4)
 
-    def loss(self, index: int) -> torch.Tensor:
+    def batch_loss(self, index: int, batch: dict) -> torch.Tensor:
         g = generator_for(self.cfg, index)
-        batch = clip_batch(self.data, index, self.cfg.batch_size)
         video = batch["video"].to(self.device)  # (B, 3, 16, H, W)
         fc = self.stream.cond_frames
         with torch.no_grad():

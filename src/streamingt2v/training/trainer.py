@@ -25,9 +25,11 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..config import UsageError, config_from_dict, config_to_dict, read_json
+from ..world.dataset import WorldClips, clip_batch
 
 
 @dataclass
@@ -45,6 +47,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # official: 1.0
     ema_decay: float = 0.999
     checkpoint_every: int = 250
+    workers: int = 0  # processes rendering batches ahead of the model (0: in the loop)
     seed: int = 0
     size: int = 32  # frame size in pixels
     model: dict[str, Any] = field(default_factory=dict)  # architecture of what is trained
@@ -56,6 +59,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise UsageError(f"{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.workers, int) or self.workers < 0:
+            raise UsageError(f"workers must be an integer >= 0, got {self.workers!r}")
         if not self.lr > 0:
             raise UsageError(f"lr must be > 0, got {self.lr!r}")
 
@@ -117,6 +122,20 @@ def load_checkpoint(folder: Path, module, ema: Ema, optimizer) -> tuple[int, flo
     return state["step"], state.get("seconds", 0.0)
 
 
+class StepBatches(Dataset):
+    """Item i is the batch of sample index ``indices[i]``: what ``Stage.batch`` returns,
+    rendered in DataLoader workers so that the model never waits for the world renderer."""
+
+    def __init__(self, data: WorldClips, batch_size: int, indices: list[int]):
+        self.data, self.batch_size, self.indices = data, batch_size, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        return clip_batch(self.data, self.indices[i], self.batch_size)
+
+
 def lr_at(cfg: TrainConfig, step: int) -> float:
     """Linear warm-up, then cosine decay to 10% of the peak."""
     if step < cfg.lr_warmup:
@@ -153,6 +172,19 @@ def train(
     log_path = out / "loss.csv"
     rows = _read_log(log_path)[:start] if resume else []
     _write_log(log_path, rows)
+    indices = [
+        (step * cfg.grad_accum + micro) * accelerator.num_processes + accelerator.process_index
+        for step in range(start, cfg.steps)
+        for micro in range(cfg.grad_accum)
+    ]
+    batches = iter(
+        DataLoader(
+            StepBatches(stage.data, cfg.batch_size, indices),
+            batch_size=None,
+            num_workers=cfg.workers,
+            prefetch_factor=4 if cfg.workers else None,
+        )
+    )
     started = time.perf_counter()
     bar = tqdm(
         range(start, cfg.steps),
@@ -169,19 +201,20 @@ def train(
             total = 0.0
             for micro in range(cfg.grad_accum):
                 index = (step * cfg.grad_accum + micro) * accelerator.num_processes
-                loss = stage.loss(index + accelerator.process_index) / cfg.grad_accum
+                index += accelerator.process_index
+                loss = stage.loss(index, next(batches)) / cfg.grad_accum
                 accelerator.backward(loss)
                 total += loss.item()
             accelerator.clip_grad_norm_(list(params.values()), cfg.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             ema.update(params, step)
-            writer.writerow([step, f"{total:.6f}", f"{lr_at(cfg, step):.3e}"])
+            elapsed = seconds + time.perf_counter() - started
+            writer.writerow([step, f"{total:.6f}", f"{lr_at(cfg, step):.3e}", f"{elapsed:.2f}"])
             bar.set_postfix(loss=f"{total:.4f}")
             done = step + 1
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
                 log.flush()
-                elapsed = seconds + time.perf_counter() - started
                 save_checkpoint(
                     ckpt, accelerator.unwrap_model(module), ema, optimizer, done, cfg, elapsed
                 )
@@ -210,7 +243,7 @@ def _read_log(path: Path) -> list[list[str]]:
 def _write_log(path: Path, rows: list[list[str]]) -> None:
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["step", "loss", "lr"])
+        writer.writerow(["step", "loss", "lr", "seconds"])  # seconds: run time at step end
         writer.writerows(rows)
 
 
