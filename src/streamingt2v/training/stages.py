@@ -250,15 +250,18 @@ class LatentVideoStage(Stage):
             text_attention_mask=True,
             text_encoder_package=TEXT_PACKAGE,
         )
-        return StreamingT2VPipeline(
-            unet, self.vae, self.text, WORLD_SCHEDULER, config, **streaming
-        )
+        return StreamingT2VPipeline(unet, self.vae, self.text, WORLD_SCHEDULER, config, **streaming)
 
 
 class BaseStage(LatentVideoStage):
     def __init__(self, cfg: TrainConfig, device: torch.device):
         super().__init__(cfg, device, frames=16, max_start=600)
-        self.module = UNet3DConditionModel(**cfg.model).to(device)
+        init = cfg.inputs.get("init")  # continue from an earlier base UNet
+        self.module = (
+            load_diffusers(UNet3DConditionModel, Path(init))
+            if init
+            else UNet3DConditionModel(**cfg.model)
+        ).to(device)
 
     def batch_loss(self, index: int, batch: dict) -> torch.Tensor:
         g = generator_for(self.cfg, index)
@@ -299,12 +302,26 @@ class StreamStage(LatentVideoStage):
             }
         )
         apm = AppearancePreservationModule.for_unet(unet, apm_config)
+        init = cfg.inputs.get("init")  # continue from an earlier stream pipeline folder
+        if init:
+            self._load_init(Path(init), unet, cam, apm)
         apm.attach(unet)
         self.module = nn.ModuleDict({"unet": unet, "cam": cam, "apm": apm})
         self.stream = StreamConfig(text_tokens=TEXT_TOKENS)
         self.drop_image = cfg.options.get("drop_image", 0.1)
         with torch.no_grad():
             self.zeros_embed = self.images.unconditional(1)  # (1, E)
+
+    def _load_init(self, folder: Path, unet, cam, apm) -> None:
+        """CAM, APM and the spatial layers from ``folder``; the temporal layers stay this
+        base's (they are frozen and shared with the base model)."""
+        earlier = StreamingT2VPipeline.from_pretrained(folder, self.device, text_encoder=self.text)
+        spatial = {k: v for k, v in earlier.stream_unet.state_dict().items() if not is_temporal(k)}
+        missing, unexpected = unet.load_state_dict(spatial, strict=False)
+        if unexpected or any(not is_temporal(k) for k in missing):
+            raise UsageError(f"{folder} does not match the base: {unexpected or missing}")
+        cam.load_state_dict(earlier.cam.state_dict())
+        apm.load_state_dict(earlier.apm.state_dict())
 
     @torch.no_grad()
     def through_vae(self, video: torch.Tensor) -> torch.Tensor:
