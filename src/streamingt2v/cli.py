@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .blending import MODES
 from .config import SCHEDULERS, UsageError
 
 EXIT_USAGE = 2
@@ -111,11 +112,63 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "float32", "float16", "bfloat16"],
         help="weights' precision (default: float16 on CUDA, float32 on CPU)",
     )
+    gen.add_argument(
+        "--no-enhance",
+        action="store_true",
+        help="skip the enhancer (default: enhance when the model folder has enhancer/)",
+    )
     gen.add_argument("--overwrite", action="store_true", help="replace an existing output")
     gen.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    enh = sub.add_parser(
+        "enhance",
+        help="enhance a video: 2x resolution, chunk by chunk, without seams",
+        description=(
+            "Refine a low-resolution video with the enhancer (SDEdit in overlapping chunks: "
+            "the video is upsampled, noised to --strength and denoised). Modes: randomized "
+            "(shared noise + randomized blending, no seams), shared-noise, independent. "
+            "Memory does not grow with the video's length. Writes OUT and OUT.json."
+        ),
+    )
+    enh.add_argument("video", type=Path, help="input video (.mp4, .gif or a PNG folder)")
+    enh.add_argument("--prompt", required=True, help="text prompt of the video")
+    enh.add_argument(
+        "--out", type=Path, required=True, help="output: .mp4, .gif or a folder for PNG frames"
+    )
+    enh.add_argument(
+        "--mode",
+        default=None,
+        choices=MODES,
+        help="chunk blending (default: the enhancer's, randomized)",
+    )
+    enh.add_argument("--chunk", type=_int, default=None, help="frames per chunk (default: 24)")
+    enh.add_argument(
+        "--overlap", type=_int, default=None, help="frames shared by neighbours (default: 8)"
+    )
+    enh.add_argument(
+        "--strength",
+        type=_float,
+        default=None,
+        help="SDEdit noise level in (0, 1] (default: 0.6, i.e. t=600 of 1000)",
+    )
+    enh.add_argument("--steps", type=_int, default=None, help="sampler steps (default: 30)")
+    enh.add_argument("--guidance", type=_float, default=None, help="guidance (default: 7.5)")
+    enh.add_argument("--negative-prompt", default="", help="negative prompt (default: empty)")
+    enh.add_argument("--seed", type=_int, default=0, help="seed (default: 0)")
+    enh.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="pipeline folder with enhancer/, or an enhancer folder (default: embedded)",
+    )
+    enh.add_argument("--fps", type=_int, default=8, help="output frame rate (default: 8)")
+    enh.add_argument("--device", default="auto", help="cpu, cuda, ... (default: auto)")
+    enh.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    enh.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    enh.add_argument("--quiet", action="store_true", help="no progress bars")
     train = sub.add_parser(
         "train",
-        help="train one stage of a model (vae, image-encoder, base, stream)",
+        help="train one stage of a model (vae, image-encoder, base, stream, enhancer)",
         description=(
             "Train one stage from a JSON config (see configs/default/). Checkpoints go to "
             "OUT_DIR/checkpoint every checkpoint_every steps; --resume continues one exactly. "
@@ -123,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
             "unchanged under `accelerate launch -m streamingt2v.cli train ...`."
         ),
     )
-    train.add_argument("stage", help="vae, image-encoder, base or stream")
+    train.add_argument("stage", help="vae, image-encoder, base, stream or enhancer")
     train.add_argument("--config", type=Path, required=True, help="training config (JSON)")
     train.add_argument("--resume", action="store_true", help="continue OUT_DIR/checkpoint")
     train.add_argument("--steps", type=_int, default=None, help="override the config's steps")
@@ -165,8 +218,37 @@ def _generate(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         progress=not args.quiet,
+        enhance=not args.no_enhance,
     )
-    result = generate(config)
+    return _report(generate(config))
+
+
+def _enhance(args: argparse.Namespace) -> int:
+    from .generate import EnhanceFileConfig, enhance_file
+
+    config = EnhanceFileConfig(
+        video=args.video,
+        prompt=args.prompt,
+        out=args.out,
+        mode=args.mode,
+        chunk=args.chunk,
+        overlap=args.overlap,
+        strength=args.strength,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        negative_prompt=args.negative_prompt,
+        model=args.model,
+        fps=args.fps,
+        overwrite=args.overwrite,
+        device=args.device,
+        dtype=args.dtype,
+        progress=not args.quiet,
+    )
+    return _report(enhance_file(config))
+
+
+def _report(result) -> int:
     state = "stopped early; kept" if result.interrupted else "wrote"
     print(
         f"{state} {result.frames} frames to {result.video} ({result.seconds:.1f} s); "
@@ -178,7 +260,8 @@ def _generate(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        return {"generate": _generate, "train": _train}[args.command](args)
+        commands = {"generate": _generate, "enhance": _enhance, "train": _train}
+        return commands[args.command](args)
     except UsageError as err:
         print(f"streamingt2v: error: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -51,6 +51,10 @@ class EnhanceConfig:
             raise ValueError(f"unknown mode {self.mode!r}; choose one of {MODES}")
         if not 0 < self.strength <= 1:
             raise ValueError(f"strength must be in (0, 1], got {self.strength}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
+        if not self.guidance >= 0:
+            raise ValueError(f"guidance must be >= 0, got {self.guidance}")
         if not 1 <= self.overlap < self.chunk:
             raise ValueError(f"need 1 <= overlap < chunk, got {self.overlap}, {self.chunk}")
 

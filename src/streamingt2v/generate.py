@@ -12,18 +12,24 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import __version__
 from .config import SampleConfig, UsageError, config_to_dict
+from .enhance import EnhanceConfig
+from .enhancer import CONFIG_FILE as ENHANCER_CONFIG
+from .enhancer import Enhancer
+from .enhancer import settings as enhance_settings
 from .pipeline import StreamingT2VPipeline
 from .streaming import Request
-from .video_io import VideoWriter, output_kind
+from .video_io import VideoWriter, output_kind, read_video
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -48,6 +54,7 @@ class GenerateConfig:
     device: str = "auto"  # "auto": CUDA when available, else CPU
     dtype: str = "auto"  # "auto": float16 on CUDA, float32 on CPU
     progress: bool = True
+    enhance: bool = True  # refine with the model folder's enhancer/, when it has one
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in the manifest as is
 
     def __post_init__(self) -> None:
@@ -149,6 +156,9 @@ def generate(config: GenerateConfig) -> GenerateResult:
     model_dir = resolve_model_dir(config.model)
     device, dtype = resolve_device(config.device, config.dtype)
     pipe = StreamingT2VPipeline.from_pretrained(model_dir, device=device, dtype=dtype)
+    enhancer = None
+    if config.enhance and (model_dir / "enhancer").is_dir():
+        enhancer = load_enhancer(model_dir, device, dtype, pipe)
     request = pipe.request(
         config.prompt,
         config.num_frames,
@@ -160,14 +170,11 @@ def generate(config: GenerateConfig) -> GenerateResult:
     )
     fps = config.fps or pipe.config.fps
     manifest = _manifest_head(config, request, pipe, model_dir, fps, device, dtype)
-    writer = VideoWriter(config.out, fps)
-    started = time.perf_counter()
-    interrupted = False
-    try:
+
+    def frames() -> Iterator[np.ndarray]:
         for chunk in pipe.stream(
             request.prompt, request.num_frames, progress=config.progress, **_settings(request)
         ):
-            writer.write(chunk.frames)
             manifest["chunks"].append(
                 dict(
                     index=chunk.index,
@@ -177,6 +184,36 @@ def generate(config: GenerateConfig) -> GenerateResult:
                     seconds=round(chunk.seconds, 3),
                 )
             )
+            yield from chunk.frames
+
+    output = frames()
+    if enhancer is not None:
+        settings = replace(enhancer.config.defaults, seed=request.seed)
+        size = enhancer.output_size(*pipe.frame_size)
+        manifest["enhance"] = {"size": list(size), **config_to_dict(settings)}
+        output = enhancer.enhance(
+            output,
+            request.num_frames,
+            request.prompt,
+            settings,
+            request.sample.negative_prompt,
+            progress=config.progress,
+        )
+    return write_video(output, config.out, fps, manifest)
+
+
+def write_video(
+    frames: Iterator[np.ndarray], out: Path, fps: int, manifest: dict[str, Any]
+) -> GenerateResult:
+    """Write frames as they come, then the manifest beside the video. Ctrl-C keeps a playable
+    video of the frames made so far (``"interrupted": true``); any other error, or Ctrl-C
+    before the first frame, leaves nothing behind and replaces nothing."""
+    writer = VideoWriter(out, fps)
+    started = time.perf_counter()
+    interrupted = False
+    try:
+        for frame in frames:
+            writer.write(frame[None])
     except KeyboardInterrupt:
         interrupted = True
         if writer.frames_written == 0:
@@ -190,11 +227,98 @@ def generate(config: GenerateConfig) -> GenerateResult:
         frames=writer.frames_written, interrupted=interrupted, seconds=round(seconds, 3)
     )
     video = writer.finish()
-    path = manifest_path(config.out)
+    path = manifest_path(out)
     tmp = path.with_name(path.name + ".partial")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp, path)
     return GenerateResult(video, path, writer.frames_written, interrupted, seconds)
+
+
+@dataclass
+class EnhanceFileConfig:
+    """One ``streamingt2v enhance`` run. Unset refinement settings (None) take the
+    enhancer's defaults from its ``enhancer_config.json``."""
+
+    video: Path
+    prompt: str
+    out: Path
+    mode: str | None = None
+    chunk: int | None = None
+    overlap: int | None = None
+    strength: float | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int = 0
+    negative_prompt: str = ""
+    model: Path | None = None  # a pipeline folder with enhancer/, or an enhancer folder
+    fps: int = 8
+    overwrite: bool = False
+    device: str = "auto"
+    dtype: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.video, self.out = Path(self.video), Path(self.out)
+        if not self.prompt or not self.prompt.strip():
+            raise UsageError("the prompt is empty")
+        self.overrides(EnhanceConfig())  # validate now, against placeholder defaults
+        if isinstance(self.fps, bool) or not 1 <= self.fps <= 240:
+            raise UsageError(f"fps must be an integer in [1, 240], got {self.fps!r}")
+
+    def overrides(self, defaults: EnhanceConfig) -> EnhanceConfig:
+        return enhance_settings(
+            defaults,
+            mode=self.mode,
+            chunk=self.chunk,
+            overlap=self.overlap,
+            strength=self.strength,
+            steps=self.steps,
+            guidance=self.guidance,
+            seed=self.seed,
+        )
+
+
+def load_enhancer(model_dir: Path, device: torch.device, dtype: torch.dtype, pipe=None) -> Enhancer:
+    """The enhancer of a pipeline folder (sharing its VAE and text encoder) or of an
+    enhancer folder of its own."""
+    if (model_dir / ENHANCER_CONFIG).is_file():
+        return Enhancer.from_pretrained(model_dir, device, dtype)
+    if not (model_dir / "enhancer").is_dir():
+        raise UsageError(f"{model_dir} has no enhancer (no enhancer/ folder)")
+    pipe = pipe or StreamingT2VPipeline.from_pretrained(model_dir, device=device, dtype=dtype)
+    return Enhancer.from_pretrained(
+        model_dir / "enhancer", device, dtype, vae=pipe.vae, text_encoder=pipe.text_encoder
+    )
+
+
+def enhance_file(config: EnhanceFileConfig) -> GenerateResult:
+    """Enhance the video file ``config.video`` into ``config.out`` (+ manifest)."""
+    check_output(config.out, config.overwrite)
+    if config.out.resolve() == config.video.resolve():
+        raise UsageError("the output would replace the input video; pick another --out")
+    video = read_video(config.video)
+    model_dir = resolve_model_dir(config.model)
+    device, dtype = resolve_device(config.device, config.dtype)
+    enhancer = load_enhancer(model_dir, device, dtype)
+    settings = config.overrides(enhancer.config.defaults)
+    size = enhancer.output_size(*video.shape[1:3])
+    manifest = {
+        "streamingt2v_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "input": str(config.video),
+        "prompt": config.prompt,
+        "negative_prompt": config.negative_prompt,
+        "fps": config.fps,
+        "size": list(size),
+        "enhance": config_to_dict(settings),
+        "model": {"path": str(model_dir), "files": file_hashes(model_dir)},
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+    }
+    frames = enhancer.enhance(
+        iter(video), len(video), config.prompt, settings, config.negative_prompt, config.progress
+    )
+    return write_video(frames, config.out, config.fps, manifest)
 
 
 def _settings(request: Request) -> dict[str, Any]:
@@ -224,5 +348,6 @@ def _manifest_head(config, request, pipe, model_dir, fps, device, dtype) -> dict
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
         "extra": config.extra,
+        "enhance": None,
         "chunks": [],
     }

@@ -216,3 +216,12 @@ def write_modelscope_folder(path: Path, scale: str = "tiny", seed: int = 0) -> P
     }
     (path / "model_index.json").write_text(json.dumps(index, indent=2))
     return path
+
+
+def random_enhancer(vae, text_encoder, seed: int = 0, scale: str = "tiny"):
+    """A random 2x enhancer with the given VAE and text encoder (a pipeline's, shared)."""
+    from .enhancer import Enhancer, EnhancerConfig
+
+    torch.manual_seed(seed)
+    config = EnhancerConfig(scale=2, text_tokens=SCALES[scale].text_tokens)
+    return Enhancer(make_unet(SCALES[scale]), vae, text_encoder, MODELSCOPE_SCHEDULER, config)

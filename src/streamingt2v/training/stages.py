@@ -5,6 +5,7 @@ image-encoder  CLIP-like vision tower, contrastive against the frozen text encod
                embeddings of all world captions (soft targets over the motions, which a
                single frame cannot show).
 base           UNet3D text-to-video on 16-frame clips, epsilon prediction, 10% empty prompts.
+enhancer       the same at twice the resolution on 24-frame clips, for t < 700 (SDEdit).
 stream         CAM + APM on the frozen base's temporal layers (official recipe: the base's
                spatial layers, the CAM trunk, mergers, resampler and APM mixers train; the
                VAE, text and image encoders and the temporal layers stay frozen). The
@@ -30,6 +31,7 @@ from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from ..config import ApmConfig, CamConfig, PipelineConfig, StreamConfig, UsageError
+from ..enhancer import Enhancer, EnhancerConfig
 from ..models.apm import AppearancePreservationModule
 from ..models.cam import ConditionalAttentionModule
 from ..models.encoders import ImageEncoder, PromptTable, TextEncoder
@@ -224,6 +226,8 @@ class LatentVideoStage(Stage):
         self.noise = DDPMScheduler.from_config(WORLD_SCHEDULER)
         self.data = WorldClips(frames=frames, size=cfg.size, max_start=max_start, seed=cfg.seed)
         self.drop_text = cfg.options.get("drop_text", 0.1)  # classifier-free guidance training
+        # The enhancer only ever denoises from its SDEdit strength down: train where it works.
+        self.max_timestep = cfg.options.get("max_timestep", self.noise.config.num_train_timesteps)
 
     @torch.no_grad()
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
@@ -238,9 +242,7 @@ class LatentVideoStage(Stage):
         return self.text([("" if d else c) for c, d in zip(captions, drop, strict=True)])
 
     def noised(self, z0: torch.Tensor, generator: torch.Generator):
-        t = torch.randint(
-            0, self.noise.config.num_train_timesteps, (z0.shape[0],), generator=generator
-        )
+        t = torch.randint(0, self.max_timestep, (z0.shape[0],), generator=generator)
         eps = torch.randn(z0.shape, generator=generator).to(self.device)
         return self.noise.add_noise(z0, eps, t.to(self.device)), eps, t.to(self.device)
 
@@ -254,8 +256,8 @@ class LatentVideoStage(Stage):
 
 
 class BaseStage(LatentVideoStage):
-    def __init__(self, cfg: TrainConfig, device: torch.device):
-        super().__init__(cfg, device, frames=16, max_start=600)
+    def __init__(self, cfg: TrainConfig, device: torch.device, frames: int = 16):
+        super().__init__(cfg, device, frames=frames, max_start=600)
         init = cfg.inputs.get("init")  # continue from an earlier base UNet
         self.module = (
             load_diffusers(UNet3DConditionModel, Path(init))
@@ -275,6 +277,27 @@ class BaseStage(LatentVideoStage):
         self.module.eval().save_pretrained(folder)
         pipe = self.pipeline(self.module)
         _sample_videos(pipe, folder / "samples", frames=16)
+        return {}
+
+
+class EnhancerStage(BaseStage):
+    """A text-to-video UNet at ``scale`` x the streaming resolution (``size``), on clips of
+    ``options.frames`` (the enhancer's chunk, 24), trained for t < ``options.max_timestep``
+    (SDEdit starts at 600 of 1000). Exported as an enhancer folder sharing the pipeline's
+    VAE and text encoder."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device):
+        super().__init__(cfg, device, frames=cfg.options.get("frames", 24))
+
+    @torch.no_grad()
+    def export(self, folder: Path) -> dict[str, Any]:
+        config = EnhancerConfig(
+            scale=self.cfg.options.get("scale", 2),
+            text_tokens=TEXT_TOKENS,
+            text_attention_mask=True,
+        )
+        enhancer = Enhancer(self.module.eval(), self.vae, self.text, WORLD_SCHEDULER, config)
+        enhancer.save_pretrained(folder)
         return {}
 
 
@@ -371,6 +394,7 @@ STAGES = {
     "image-encoder": ImageEncoderStage,
     "base": BaseStage,
     "stream": StreamStage,
+    "enhancer": EnhancerStage,
 }
 
 

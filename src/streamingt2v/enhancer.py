@@ -1,0 +1,231 @@
+"""The video enhancer as a model: a text-to-video UNet at ``scale`` times the resolution,
+applied to a low-resolution video by SDEdit in overlapping chunks (``enhance.py``).
+
+Folder (``enhancer/`` inside a pipeline folder, or a folder of its own)::
+
+    enhancer_config.json   scale and the default EnhanceConfig (chunk, overlap, strength, ...)
+    unet/                  diffusers UNet3DConditionModel
+    scheduler/             its noise schedule
+    vae/ text_encoder/ tokenizer/   its own; absent inside a pipeline folder, whose are shared
+
+Frames go in and come out one by one: the input is read as the chunks need it, and every
+output frame is decoded as soon as its last denoising step is done, so memory does not grow
+with the video's length.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, UNet3DConditionModel
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import ModelLoadError, UsageError, read_json
+from .enhance import EnhanceConfig, Schedule, denoise_chunks, denoise_streaming
+from .models.encoders import TextEncoder
+from .models.weights import load_diffusers
+from .sampling import text_denoiser
+
+CONFIG_FILE = "enhancer_config.json"
+
+
+@dataclass
+class EnhancerConfig:
+    """The enhancer's upscaling factor and its default refinement settings."""
+
+    scale: int = 2
+    text_tokens: int = 77
+    text_attention_mask: bool = False
+    defaults: EnhanceConfig = field(default_factory=EnhanceConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> EnhancerConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ModelLoadError(f"unknown keys in {CONFIG_FILE}: {unknown}")
+        data = dict(data)
+        try:
+            data["defaults"] = EnhanceConfig(**data.get("defaults", {}))
+            return cls(**data)
+        except (TypeError, ValueError) as err:
+            raise ModelLoadError(f"bad {CONFIG_FILE}: {err}") from err
+
+
+def settings(defaults: EnhanceConfig, **overrides) -> EnhanceConfig:
+    """``defaults`` with the overrides that are not None (validated: UsageError)."""
+    try:
+        return EnhanceConfig(
+            **(asdict(defaults) | {k: v for k, v in overrides.items() if v is not None})
+        )
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+
+
+class _FrameWindow:
+    """Latents of the upscaled input frames on demand, reading the input only as far as
+    asked. Requests start at ascending frames, so the frames before a request's start are
+    never asked for again and are dropped."""
+
+    def __init__(self, frames: Iterable[np.ndarray], encode):
+        self.frames = iter(frames)
+        self.encode = encode
+        self.cache: dict[int, np.ndarray] = {}
+        self.read = 0
+
+    def __call__(self, wanted: range) -> torch.Tensor:
+        while self.read < wanted.stop:
+            try:
+                self.cache[self.read] = next(self.frames)
+            except StopIteration:
+                raise UsageError(f"the video ended after {self.read} frames") from None
+            self.read += 1
+        for f in [f for f in self.cache if f < wanted.start]:
+            del self.cache[f]
+        return self.encode(np.stack([self.cache[f] for f in wanted]))
+
+
+class Enhancer:
+    def __init__(
+        self,
+        unet: UNet3DConditionModel,
+        vae: AutoencoderKL,
+        text_encoder: nn.Module,
+        scheduler_config: dict,
+        config: EnhancerConfig | None = None,
+    ):
+        self.unet = unet.eval()
+        self.vae = vae.eval()
+        self.text_encoder = text_encoder.eval()
+        self.scheduler_config = dict(scheduler_config)
+        self.config = config or EnhancerConfig()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        vae: AutoencoderKL | None = None,
+        text_encoder: nn.Module | None = None,
+    ) -> Enhancer:
+        """Load an enhancer folder; ``vae`` / ``text_encoder`` are used where it has none."""
+        root = Path(path)
+        if not (root / CONFIG_FILE).is_file():
+            raise ModelLoadError(f"not an enhancer folder (no {CONFIG_FILE}): {root}")
+        config = EnhancerConfig.from_dict(read_json(root / CONFIG_FILE))
+        unet = load_diffusers(UNet3DConditionModel, root / "unet")
+        if (root / "vae").is_dir():
+            vae = load_diffusers(AutoencoderKL, root / "vae")
+        if (root / "text_encoder").is_dir():
+            text_encoder = TextEncoder.from_folders(
+                root / "text_encoder",
+                root / "tokenizer",
+                config.text_tokens,
+                config.text_attention_mask,
+            )
+        if vae is None or text_encoder is None:
+            raise ModelLoadError(f"{root} has no vae/ or text_encoder/ and none was given")
+        scheduler_config = read_json(root / "scheduler" / "scheduler_config.json")
+        return cls(unet, vae, text_encoder, scheduler_config, config).to(device, dtype)
+
+    def save_pretrained(self, path: str | Path, shared: bool = True) -> None:
+        """Write the folder; ``shared``: leave out the VAE and text encoder (the pipeline's)."""
+        root = Path(path)
+        root.mkdir(parents=True, exist_ok=True)
+        (root / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        self.unet.save_pretrained(root / "unet")
+        (root / "scheduler").mkdir(exist_ok=True)
+        (root / "scheduler" / "scheduler_config.json").write_text(
+            json.dumps(self.scheduler_config, indent=2) + "\n"
+        )
+        if not shared:
+            self.vae.save_pretrained(root / "vae")
+            self.text_encoder.model.save_pretrained(root / "text_encoder")
+            self.text_encoder.tokenizer.save_pretrained(root / "tokenizer")
+
+    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> Enhancer:
+        for module in (self.unet, self.vae):  # re-casting to the same dtype only warns
+            same = dtype is None or module.dtype == dtype
+            module.to(device=device) if same else module.to(device=device, dtype=dtype)
+        self.text_encoder.to(device=device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """Size of the enhanced frames; the upscaled size must fit the VAE's factor."""
+        out = (height * self.config.scale, width * self.config.scale)
+        if any(s % self.vae_scale_factor for s in out):
+            raise UsageError(
+                f"frames of {height}x{width} upscale to {out[0]}x{out[1]}, not a multiple of "
+                f"the enhancer's VAE factor {self.vae_scale_factor}"
+            )
+        return out
+
+    @torch.no_grad()
+    def _encode(self, frames_fhwc: np.ndarray) -> torch.Tensor:
+        """(F, H, W, 3) uint8 low-res -> (F, C, h, w) latents of the upscaled frames."""
+        x = torch.from_numpy(np.ascontiguousarray(frames_fhwc)).to(self.device)
+        x = x.permute(0, 3, 1, 2).float() / 127.5 - 1
+        x = nn.functional.interpolate(
+            x, scale_factor=self.config.scale, mode="bilinear", align_corners=False
+        ).clamp(-1, 1)
+        z = self.vae.encode(x.to(self.vae.dtype)).latent_dist.mean
+        return (z * self.vae.config.scaling_factor).float()
+
+    @torch.no_grad()
+    def _decode(self, latents_chw: torch.Tensor) -> np.ndarray:
+        z = latents_chw[None].to(self.vae.dtype) / self.vae.config.scaling_factor
+        pixels = self.vae.decode(z).sample[0].float().clamp(-1, 1)
+        return ((pixels + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+
+    @torch.no_grad()
+    def enhance(
+        self,
+        frames: Iterable[np.ndarray],
+        num_frames: int,
+        prompt: str,
+        cfg: EnhanceConfig | None = None,
+        negative_prompt: str = "",
+        progress: bool = False,
+    ) -> Iterator[np.ndarray]:
+        """Enhanced frames (H*scale, W*scale, 3) uint8, one by one, in order.
+
+        ``frames`` yields the ``num_frames`` low-resolution (H, W, 3) uint8 frames; it is
+        read only as far as the chunks in flight need.
+        """
+        cfg = cfg or self.config.defaults
+        if not prompt.strip():
+            raise UsageError("the prompt is empty")
+        if num_frames < 1:
+            raise UsageError(f"the video has no frames (num_frames={num_frames})")
+        context = self.text_encoder([negative_prompt, prompt]).to(self.unet.dtype)
+        guided = text_denoiser(self.unet, context, cfg.guidance)
+
+        def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return guided(x.to(self.unet.dtype), t).float()
+
+        source = _FrameWindow(frames, self._encode)
+        run = denoise_streaming if cfg.mode == "randomized" else denoise_chunks
+        schedule = Schedule(self.scheduler_config, cfg)
+        bar = tqdm(total=num_frames, desc="enhance", unit="frame", disable=not progress)
+        with bar:
+            for _, latents in run(denoise, source, num_frames, schedule):
+                bar.update(1)
+                yield self._decode(latents)

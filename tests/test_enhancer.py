@@ -1,0 +1,188 @@
+"""The enhancer as a model: folder round trip, any length, constant-memory streaming through
+``generate``, and the ``enhance`` command with every bad input it must refuse."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from streamingt2v.cli import main
+from streamingt2v.enhance import EnhanceConfig
+from streamingt2v.enhancer import Enhancer
+from streamingt2v.random_models import perturb_, random_enhancer
+from streamingt2v.video_io import VideoWriter, read_video
+
+FAST = ["--steps", "4", "--quiet"]
+
+
+def run(*args):
+    return main([str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def enhancer(tiny_pipe):
+    return random_enhancer(tiny_pipe.vae, tiny_pipe.text_encoder, seed=5)
+
+
+@pytest.fixture(scope="module")
+def enhanced_model_dir(tmp_path_factory, tiny_model_dir, enhancer):
+    """The tiny pipeline folder with an enhancer/ beside its models."""
+    path = tmp_path_factory.mktemp("enhanced") / "model"
+    shutil.copytree(tiny_model_dir, path)
+    enhancer.save_pretrained(path / "enhancer")
+    return path
+
+
+def _low_res_video(frames: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (frames, 32, 32, 3), dtype=np.uint8)
+
+
+def _enhance(enh: Enhancer, video: np.ndarray, **settings) -> np.ndarray:
+    cfg = EnhanceConfig(**{"chunk": 8, "overlap": 3, "steps": 4, **settings})
+    return np.stack(list(enh.enhance(iter(video), len(video), "a red circle", cfg)))
+
+
+def test_standalone_folder_round_trip_gives_the_same_video(enhancer, tmp_path):
+    enhancer.save_pretrained(tmp_path / "enh", shared=False)
+    loaded = Enhancer.from_pretrained(tmp_path / "enh")
+    video = _low_res_video(10)
+    assert np.array_equal(_enhance(enhancer, video), _enhance(loaded, video))
+
+
+@pytest.mark.parametrize("mode", ["independent", "shared-noise", "randomized"])
+@pytest.mark.parametrize("frames", [1, 5, 8, 13, 17])
+def test_any_length_doubles_the_size_and_keeps_every_frame(enhancer, mode, frames):
+    out = _enhance(enhancer, _low_res_video(frames), mode=mode)
+    assert out.shape == (frames, 64, 64, 3) and out.dtype == np.uint8
+
+
+def test_modes_agree_before_the_first_boundary_and_differ_after(enhancer):
+    # Chunk 0 reads the shared per-frame noise in every mode, so until chunk 1 starts the
+    # modes compute the same frames; afterwards they must differ.
+    video = _low_res_video(13)
+    outs = {m: _enhance(enhancer, video, mode=m) for m in ("independent", "shared-noise")}
+    assert np.array_equal(outs["independent"][:5], outs["shared-noise"][:5])
+    assert not np.array_equal(outs["independent"][5:], outs["shared-noise"][5:])
+
+
+def test_the_input_is_read_only_as_far_as_needed(enhancer):
+    # Constant memory: the enhancer must not drain its input before making the first frame.
+    read = []
+
+    def frames():
+        for i, frame in enumerate(_low_res_video(40)):
+            read.append(i)
+            yield frame
+
+    out = enhancer.enhance(frames(), 40, "a red circle", EnhanceConfig(chunk=8, overlap=3, steps=3))
+    next(out)
+    assert len(read) < 40
+
+
+def test_generate_enhances_when_the_folder_has_an_enhancer(enhanced_model_dir, tmp_path):
+    out = tmp_path / "v.mp4"
+    assert run("generate", "a red circle", "--frames", 20, "--out", out,
+               "--model", enhanced_model_dir, *FAST) == 0  # fmt: skip
+    assert read_video(out).shape == (20, 64, 64, 3)
+    manifest = json.loads((tmp_path / "v.mp4.json").read_text())
+    assert manifest["enhance"]["size"] == [64, 64] and manifest["enhance"]["mode"] == "randomized"
+    plain = tmp_path / "plain.mp4"
+    assert run("generate", "a red circle", "--frames", 20, "--out", plain,
+               "--model", enhanced_model_dir, "--no-enhance", *FAST) == 0  # fmt: skip
+    assert read_video(plain).shape == (20, 32, 32, 3)
+    assert json.loads((tmp_path / "plain.mp4.json").read_text())["enhance"] is None
+
+
+def test_enhance_command_writes_the_video_and_its_manifest(enhanced_model_dir, tmp_path):
+    src = tmp_path / "in"
+    writer = VideoWriter(src, 8)
+    writer.write(_low_res_video(11))
+    writer.finish()
+    out = tmp_path / "out"
+    args = ["enhance", src, "--prompt", "a red circle", "--out", out, "--model",
+            enhanced_model_dir, "--chunk", 8, "--overlap", 3, "--seed", 2, *FAST]  # fmt: skip
+    assert run(*args) == 0
+    assert read_video(out).shape == (11, 64, 64, 3)
+    manifest = json.loads((tmp_path / "out.json").read_text())
+    assert manifest["enhance"]["chunk"] == 8 and manifest["enhance"]["seed"] == 2
+    # The same as the Python API on the same frames.
+    enh = Enhancer.from_pretrained(
+        enhanced_model_dir / "enhancer",
+        vae=_pipe_part(enhanced_model_dir, "vae"),
+        text_encoder=_pipe_part(enhanced_model_dir, "text_encoder"),
+    )
+    expected = _enhance(enh, read_video(src), seed=2)
+    assert np.array_equal(read_video(out), expected)
+
+
+def _pipe_part(model_dir, name):
+    from streamingt2v import StreamingT2VPipeline
+
+    return getattr(StreamingT2VPipeline.from_pretrained(model_dir), name)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--prompt", ""], "prompt"),
+        (["--chunk", "8", "--overlap", "8"], "overlap"),
+        (["--overlap", "0"], "overlap"),
+        (["--strength", "0"], "strength"),
+        (["--strength", "1.5"], "strength"),
+        (["--mode", "blend"], "--mode"),
+        (["--steps", "0"], "steps"),
+    ],
+)
+def test_enhance_bad_settings_exit_2(enhanced_model_dir, tmp_path, capsys, args, message):
+    src = tmp_path / "in.gif"
+    writer = VideoWriter(src, 8)
+    writer.write(_low_res_video(3))
+    writer.finish()
+    base = ["enhance", src, "--out", tmp_path / "out.mp4", "--model", enhanced_model_dir]
+    if "--prompt" not in args:
+        base += ["--prompt", "a red circle"]
+    assert run(*base, *args, "--quiet") == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.gif"]
+
+
+def test_enhance_bad_videos_exit_2_and_keep_existing_output(enhanced_model_dir, tmp_path, capsys):
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"precious")
+    not_video = tmp_path / "notes.mp4"
+    not_video.write_text("not a video")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    common = ["--prompt", "p", "--model", enhanced_model_dir, "--quiet"]
+    for video, message in [
+        (not_video, "not a readable video"),
+        (empty, "no frames"),
+        (tmp_path / "missing.mp4", "not found"),
+    ]:
+        assert run("enhance", video, "--out", out, "--overwrite", *common) == 2
+        assert message in capsys.readouterr().err
+    assert run("enhance", not_video, *common) == 2  # --out missing: argparse, same exit code
+    assert out.read_bytes() == b"precious"
+
+
+def test_model_without_enhancer_is_explained(tiny_model_dir, tmp_path, capsys):
+    src = tmp_path / "in.gif"
+    writer = VideoWriter(src, 8)
+    writer.write(_low_res_video(2))
+    writer.finish()
+    args = ["enhance", src, "--prompt", "p", "--out", tmp_path / "o.mp4", "--model"]
+    assert run(*args, tiny_model_dir, "--quiet") == 2
+    assert "no enhancer" in capsys.readouterr().err
+
+
+def test_perturbed_enhancer_changes_the_video(enhancer):
+    # Guard against a pass-through: the UNet's output must reach the frames.
+    other = random_enhancer(enhancer.vae, enhancer.text_encoder, seed=5)
+    perturb_(other.unet, seed=1, std=0.05)
+    video = _low_res_video(6)
+    assert not np.array_equal(_enhance(enhancer, video), _enhance(other, video))
