@@ -4,8 +4,9 @@
         --runs runs/default --eval docs/eval/world_eval.json
 
 Writes ``src/streamingt2v/default_model/``: the pipeline folder (weights stored as fp16
-safetensors; loaded back as float32 on CPU), loss-curve PNGs and ``MODEL_CARD.md`` built
-from each stage's config, summary and loss log.
+safetensors; loaded back as float32 on CPU), a loss-curve PNG per run and ``training.json``
+(each run's config and summary); ``MODEL_CARD.md`` beside them is written by hand from these
+and the evaluation.
 """
 
 from __future__ import annotations
@@ -21,9 +22,22 @@ import torch
 from PIL import Image, ImageDraw
 
 from streamingt2v import StreamingT2VPipeline
+from streamingt2v.enhancer import Enhancer
 from streamingt2v.generate import DEFAULT_MODEL_DIR
 
-STAGES = ("vae", "vae_objects", "image_encoder", "base", "stream")
+# Every run behind the shipped weights, in training order (each continues the one before
+# it where its config names ``inputs.init``).
+STAGES = (
+    "vae",
+    "vae_objects",
+    "vae_sharp",
+    "image_encoder",
+    "base_h200",
+    "base",
+    "stream_h200",
+    "stream",
+    "enhancer",
+)
 
 
 def loss_curve(log: Path, out: Path, title: str) -> None:
@@ -56,6 +70,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR)
     parser.add_argument("--steps", type=int, default=None, help="default sampling steps")
     parser.add_argument("--scheduler", default=None, help="default scheduler (ddim or dpm)")
+    parser.add_argument("--enhancer", type=Path, default=None, help="enhancer folder to ship")
     args = parser.parse_args()
 
     pipe = StreamingT2VPipeline.from_pretrained(args.pipeline)
@@ -66,6 +81,14 @@ def main() -> None:
     tmp = args.out.with_name(args.out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.to("cpu", torch.float16).save_pretrained(tmp)
+    if args.enhancer:
+        enhancer = Enhancer.from_pretrained(
+            args.enhancer, vae=pipe.vae, text_encoder=pipe.text_encoder
+        )
+        enhancer.to("cpu", torch.float16).save_pretrained(tmp / "enhancer")
+    card = args.out / "MODEL_CARD.md"
+    if card.is_file():  # hand-written: kept across re-ships
+        shutil.copy(card, tmp / card.name)
     stages = {}
     for stage in STAGES:
         run = args.runs / stage

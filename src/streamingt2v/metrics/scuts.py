@@ -1,9 +1,13 @@
 """SCuts: hard cuts found by PySceneDetect's AdaptiveDetector (paper Sec. 5.2.1).
 
-Settings: ``adaptive_threshold`` 3.0 and ``window_width`` 2 (the library's defaults), and
+Settings: ``adaptive_threshold`` 3.0 and ``window_width`` 2 (the library's defaults);
 ``min_scene_len`` 8 frames instead of its 15, so that a cut at every chunk boundary of an
-8-new-frames-per-chunk video can still be found. Frames are upscaled to at least 128 pixels
-first: the detector's edge and colour statistics are unstable on 32-pixel frames.
+8-new-frames-per-chunk video can still be found; ``min_content_val`` 2 instead of 15: a
+shapes-world object covers ~4% of the frame, and a cut that swaps only the object (same
+background) stays under the default floor. Calibrated on rendered ground truth before any
+model was compared: cuts between two world videos with the same background found in 0/8 at
+15 and 5/8 at 2; no false cut in 8 smooth videos at either. Frames are upscaled to at least
+128 pixels first: the detector's statistics are unstable on 32-pixel frames.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 MIN_SCENE_LEN = 8
+MIN_CONTENT_VAL = 2.0
 MIN_SIZE = 128
 
 
@@ -32,5 +37,6 @@ def count_cuts(video: np.ndarray, fps: int = 8) -> int:
         writer = VideoWriter(path, fps)
         writer.write(big)
         writer.finish()
-        scenes = detect(str(path), AdaptiveDetector(min_scene_len=MIN_SCENE_LEN))
+        detector = AdaptiveDetector(min_scene_len=MIN_SCENE_LEN, min_content_val=MIN_CONTENT_VAL)
+        scenes = detect(str(path), detector)
     return max(0, len(scenes) - 1)

@@ -35,6 +35,7 @@ class FrameReading:
     fill: float
     centroid: tuple[float, float] | None  # in frame widths, y down
     coverage: float  # object area in pixels
+    rgb: tuple[float, float, float] | None = None  # the object's median colour
 
 
 def _nearest(rgb: np.ndarray, names: list[str], table: np.ndarray) -> str:
@@ -86,7 +87,7 @@ def read_frame(frame: np.ndarray) -> FrameReading:
     cx = ((cover * (xx + 0.5)).sum() / area - shift_x) % width / width
     cy = ((cover * (yy + 0.5)).sum() / area - shift_y) % height / width
     centroid = (float(cx), float(cy))
-    return FrameReading(background, colour, shape, fill, centroid, area)
+    return FrameReading(background, colour, shape, fill, centroid, area, tuple(map(float, rgb)))
 
 
 def direction_of(displacement: np.ndarray) -> str:
@@ -113,6 +114,9 @@ class VideoReport:
     speed_first: float | None  # mean speed (frame widths / frame) over the first 80 frames
     speed_last: float | None  # ... and over the last 80 frames
     speeds: list[float]  # mean speed per 8-frame window
+    # Per 8-frame window: RGB distance of the object's colour from its colour in the first
+    # frame where it was found (None: no object in the window). Long-video drift shows here.
+    colour_drift: list[float | None]
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -145,6 +149,14 @@ def check_video(video: np.ndarray, expected: dict[str, str], window: int = 8) ->
         part = part[~np.isnan(part).any(axis=1)]
         return float(np.linalg.norm(part, axis=1).mean()) if len(part) else None
 
+    first = next((r.rgb for r in readings if r.rgb is not None), None)
+    colour_drift = []
+    for start in range(0, n, window):
+        part = [r.rgb for r in readings[start : start + window] if r.rgb is not None]
+        drift = None
+        if part and first is not None:
+            drift = float(np.linalg.norm(np.mean(part, axis=0) - np.array(first)))
+        colour_drift.append(drift)
     span = min(80, max(n - 1, 0))
     return VideoReport(
         frames=n,
@@ -156,4 +168,5 @@ def check_video(video: np.ndarray, expected: dict[str, str], window: int = 8) ->
         speed_first=mean_speed(steps[:span]) if span else None,
         speed_last=mean_speed(steps[-span:]) if span else None,
         speeds=speeds,
+        colour_drift=colour_drift,
     )

@@ -60,6 +60,8 @@ WORLD_SCHEDULER = dict(
     beta_end=0.02,
     timestep_spacing="trailing",
 )
+# ``options.noise_schedule``; the H200 runs (base_h200, stream_h200) used "modelscope".
+SCHEDULES = {"world": WORLD_SCHEDULER, "modelscope": MODELSCOPE_SCHEDULER}
 TEXT_TOKENS = 16  # world captions are at most 12 MiniLM tokens
 
 
@@ -223,7 +225,8 @@ class LatentVideoStage(Stage):
         self.vae = load_diffusers(AutoencoderKL, Path(cfg.inputs["vae"])).to(device).eval()
         self.vae.requires_grad_(False)
         self.text = text_encoder(cfg).to(device)
-        self.noise = DDPMScheduler.from_config(WORLD_SCHEDULER)
+        self.schedule = SCHEDULES[cfg.options.get("noise_schedule", "world")]
+        self.noise = DDPMScheduler.from_config(self.schedule)
         self.data = WorldClips(frames=frames, size=cfg.size, max_start=max_start, seed=cfg.seed)
         self.drop_text = cfg.options.get("drop_text", 0.1)  # classifier-free guidance training
         # The enhancer only ever denoises from its SDEdit strength down: train where it works.
@@ -252,7 +255,7 @@ class LatentVideoStage(Stage):
             text_attention_mask=True,
             text_encoder_package=TEXT_PACKAGE,
         )
-        return StreamingT2VPipeline(unet, self.vae, self.text, WORLD_SCHEDULER, config, **streaming)
+        return StreamingT2VPipeline(unet, self.vae, self.text, self.schedule, config, **streaming)
 
 
 class BaseStage(LatentVideoStage):
@@ -296,7 +299,7 @@ class EnhancerStage(BaseStage):
             text_tokens=TEXT_TOKENS,
             text_attention_mask=True,
         )
-        enhancer = Enhancer(self.module.eval(), self.vae, self.text, WORLD_SCHEDULER, config)
+        enhancer = Enhancer(self.module.eval(), self.vae, self.text, self.schedule, config)
         enhancer.save_pretrained(folder)
         return {}
 
