@@ -6,11 +6,17 @@ import json
 
 import numpy as np
 import pytest
+import torch
+from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
+from streamingt2v import StreamingT2VPipeline
 from streamingt2v.cli import main
+from streamingt2v.config import ModelLoadError
 from streamingt2v.evaluate import ClipPair, evaluate_video
 from streamingt2v.metrics.mawe import forward_warp, mawe
 from streamingt2v.metrics.scuts import count_cuts
+from streamingt2v.metrics.smoothness import boundary_flow_std
+from streamingt2v.models.encoders import ImageEncoder
 from streamingt2v.video_io import VideoWriter
 from streamingt2v.world.render import render, sample_params
 
@@ -101,13 +107,31 @@ def test_world_checks_of_rendered_ground_truth_are_all_right():
     assert evaluate_video(video, "a dog running", mawe_size=64)["world"] is None
 
 
-def test_clip_pair_of_a_pipeline_folder_scores_every_frame(tiny_model_dir):
-    clip = ClipPair.from_pipeline(tiny_model_dir)
+def _clip_pair(text_encoder) -> ClipPair:
+    """A random image tower projecting to the text encoder's width: a CLIP-like pair."""
+    torch.manual_seed(0)
+    config = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        image_size=32, patch_size=8, projection_dim=text_encoder.dim,
+    )  # fmt: skip
+    return ClipPair(text_encoder, ImageEncoder(CLIPVisionModelWithProjection(config).eval()))
+
+
+def test_clip_score_scores_every_frame(tiny_pipe):
+    clip = _clip_pair(tiny_pipe.text_encoder)
     video = render(_params("red", "circle", "moving right", "black"), 10)
     report = evaluate_video(video, "a red circle", clip, mawe_size=32)
+    images = clip.image_embeddings(video)
+    expected = (images @ clip.text_embedding("a red circle")).mean().item() * 100
+    assert report["clip_score"] == pytest.approx(expected, abs=1e-4)
     assert -100 <= report["clip_score"] <= 100
     assert len(report["curves"]["clip_score"]) == 2
-    assert report["curves"]["embedding_drift"][0] == pytest.approx(0.0, abs=0.05)
+    assert report["curves"]["embedding_drift"][0] < 0.05
+
+
+def test_a_pipeline_whose_encoders_do_not_share_a_space_is_refused(tiny_model_dir):
+    with pytest.raises(ModelLoadError, match="not a CLIP-like pair"):
+        ClipPair.from_pipeline(tiny_model_dir)
 
 
 def _write(path, video):
@@ -116,15 +140,24 @@ def _write(path, video):
     writer.finish()
 
 
-def test_eval_command_prints_json(tmp_path, capsys, tiny_model_dir):
+def test_eval_command_prints_json(tmp_path, capsys, tiny_pipe):
+    model = tmp_path / "model"
+    clip = _clip_pair(tiny_pipe.text_encoder)
+    pipe = StreamingT2VPipeline(
+        tiny_pipe.unet, tiny_pipe.vae, tiny_pipe.text_encoder, tiny_pipe.scheduler_config,
+        tiny_pipe.config,
+    ).add_streaming_modules(clip.image)  # fmt: skip
+    pipe.save_pretrained(model)
     video = render(_params("green", "circle", "moving left", "gray"), 16)
     _write(tmp_path / "v", video)
     prompt = "a green circle moving left on a gray background"
     args = ["eval", tmp_path / "v", "--prompt", prompt, "--json", "--mawe-size", 64]
-    assert run(*args, "--clip", tiny_model_dir) == 0
+    assert run(*args, "--clip", model) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["frames"] == 16 and report["mawe"]["flow"] == "dis"
     assert report["world"]["colour_right"] == 1.0 and "clip_score" in report
+    assert run("eval", tmp_path / "v", "--prompt", prompt, "--mawe-size", 64) == 0
+    assert "MAWE" in capsys.readouterr().out
 
 
 def test_eval_bad_input_exits_2(tmp_path, capsys):
@@ -146,3 +179,15 @@ def test_eval_bad_input_exits_2(tmp_path, capsys):
         assert run("eval", *args) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
+
+
+def test_boundary_flow_std_sees_a_seam_in_the_overlap():
+    # 40 frames, chunks of 24 overlapping by 8: one boundary, overlap [16, 24).
+    base = _texture(96, seed=2)
+    shift = [2 * t for t in range(40)]
+    smooth = np.stack([np.roll(base, s, axis=1) for s in shift])
+    seam = np.stack([np.roll(base, s + (8 if t >= 20 else 0), axis=1) for t, s in enumerate(shift)])
+    calm = boundary_flow_std(smooth, size=96)
+    assert calm < 0.3, calm
+    assert boundary_flow_std(seam, size=96) > 5 * max(calm, 0.05)
+    assert boundary_flow_std(smooth[:20], size=96) is None  # one chunk: no boundary

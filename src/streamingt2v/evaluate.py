@@ -39,6 +39,13 @@ class ClipPair:
     text: nn.Module
     image: ImageEncoder
 
+    def __post_init__(self) -> None:
+        if self.image.dim != self.text.dim:
+            raise ModelLoadError(
+                f"not a CLIP-like pair: image embeddings are {self.image.dim}-d, "
+                f"text embeddings {self.text.dim}-d"
+            )
+
     @classmethod
     def from_pipeline(cls, path: Path) -> ClipPair:
         """The text and image encoders of a pipeline folder (only those are loaded)."""

@@ -51,6 +51,13 @@ def farneback_flow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 FLOWS: dict[str, Flow] = {"dis": dis_flow, "farneback": farneback_flow}
 
 
+def resized(video: np.ndarray, size: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Every frame resized to ``size`` x ``size`` (bilinear), in RGB and in grey."""
+    cv2 = _cv2()
+    frames = [cv2.resize(f, (size, size), interpolation=cv2.INTER_LINEAR) for f in video]
+    return frames, [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
+
+
 @dataclass
 class MaweReport:
     mawe: float  # inf when no pair of frames moves
@@ -96,9 +103,7 @@ def mawe(video: np.ndarray, flow: str = "dis", size: int = SIZE, c: float = C) -
         raise ValueError(f"MAWE needs a video of at least 2 frames, got shape {video.shape}")
     if flow not in FLOWS:
         raise ValueError(f"unknown flow {flow!r}; choose one of {sorted(FLOWS)}")
-    cv2 = _cv2()
-    frames = [cv2.resize(f, (size, size), interpolation=cv2.INTER_LINEAR) for f in video]
-    grays = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
+    frames, grays = resized(video, size)
     errors, motions, ratios = [], [], []
     for t in range(len(frames) - 1):
         field = FLOWS[flow](grays[t], grays[t + 1])
