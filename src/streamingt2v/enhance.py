@@ -27,7 +27,7 @@ from diffusers import DDIMScheduler
 
 from .blending import MODES, chunk_starts, frame_noise, owners, step_noise
 
-# x (1, C, F, h, w) noisy latents of one chunk, t -> guided eps prediction of the same shape.
+# x (1, C, F, h, w) noisy latents of one chunk, t -> guided eps (or v) of the same shape.
 ChunkDenoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # frame indices -> their clean latents (F, C, h, w), read on demand.
 LatentSource = Callable[[range], torch.Tensor]
@@ -63,7 +63,10 @@ class Schedule:
     """The DDIM timesteps an SDEdit run visits, and the per-frame operations on them."""
 
     def __init__(self, scheduler_config: dict, cfg: EnhanceConfig):
-        self.scheduler = DDIMScheduler.from_config(scheduler_config)
+        # The model predicts eps or v (its schedule's prediction_type); blending works on x0,
+        # and the steps are taken from x0 through eps, so the sampler itself runs on eps.
+        self.prediction = scheduler_config.get("prediction_type", "epsilon")
+        self.scheduler = DDIMScheduler.from_config(scheduler_config, prediction_type="epsilon")
         self.scheduler.set_timesteps(cfg.steps)
         run = max(1, round(cfg.steps * cfg.strength))
         self.timesteps = self.scheduler.timesteps[cfg.steps - run :]
@@ -72,9 +75,14 @@ class Schedule:
     def noised(self, z0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         return self.scheduler.add_noise(z0, noise.to(z0), self.timesteps[:1])
 
-    def x0_from_eps(self, x: torch.Tensor, eps: torch.Tensor, step: int) -> torch.Tensor:
+    def x0_from_output(self, x: torch.Tensor, output: torch.Tensor, step: int) -> torch.Tensor:
+        """The clean latents implied by the model's output (eps or v) at ``step``."""
         a = self.scheduler.alphas_cumprod[self.timesteps[step]].to(x)
-        return (x - (1 - a).sqrt() * eps) / a.sqrt()
+        if self.prediction == "v_prediction":
+            return a.sqrt() * x - (1 - a).sqrt() * output
+        if self.prediction != "epsilon":
+            raise ValueError(f"unsupported prediction_type {self.prediction!r}")
+        return (x - (1 - a).sqrt() * output) / a.sqrt()
 
     def step(self, x: torch.Tensor, x0: torch.Tensor, step: int, frames: range) -> torch.Tensor:
         """One DDIM step of frames (F, C, h, w) towards the given x0 prediction."""
@@ -107,7 +115,7 @@ def denoise_whole(
         x0 = torch.empty_like(x)
         for k, start in enumerate(starts):
             frames = range(start, min(start + cfg.chunk, num_frames))
-            pred = schedule.x0_from_eps(
+            pred = schedule.x0_from_output(
                 x[start : frames.stop], _predict(denoise, x[start : frames.stop], t), step
             )
             mine = owner[start : frames.stop] == k
@@ -170,7 +178,8 @@ def denoise_streaming(
                     f"{[(f, at[f]) for f in frames]}"
                 )
             xs = torch.stack([x[f] for f in frames])
-            pred = schedule.x0_from_eps(xs, _predict(denoise, xs, schedule.timesteps[step]), step)
+            output = _predict(denoise, xs, schedule.timesteps[step])
+            pred = schedule.x0_from_output(xs, output, step)
             done[k] = step
             for i, f in enumerate(frames):
                 if owner_of(f, step) == k:
@@ -207,7 +216,7 @@ def denoise_chunks(
         x = schedule.noised(z0, noise)
         for step, t in enumerate(schedule.timesteps):
             x = schedule.step(
-                x, schedule.x0_from_eps(x, _predict(denoise, x, t), step), step, frames
+                x, schedule.x0_from_output(x, _predict(denoise, x, t), step), step, frames
             )
         keep_until = starts[k + 1] if k + 1 < len(starts) else frames.stop
         for f in range(next_out, keep_until):
