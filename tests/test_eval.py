@@ -9,7 +9,6 @@ import pytest
 import torch
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from streamingt2v import StreamingT2VPipeline
 from streamingt2v.cli import main
 from streamingt2v.config import ModelLoadError
 from streamingt2v.evaluate import ClipPair, evaluate_video
@@ -17,6 +16,7 @@ from streamingt2v.metrics.mawe import forward_warp, mawe
 from streamingt2v.metrics.scuts import count_cuts
 from streamingt2v.metrics.smoothness import boundary_flow_std
 from streamingt2v.models.encoders import ImageEncoder
+from streamingt2v.random_models import random_pipeline
 from streamingt2v.video_io import VideoWriter
 from streamingt2v.world.render import render, sample_params
 
@@ -140,14 +140,12 @@ def _write(path, video):
     writer.finish()
 
 
-def test_eval_command_prints_json(tmp_path, capsys, tiny_pipe):
+def test_eval_command_prints_json(tmp_path, capsys):
+    # A pipeline of its own: adding streaming modules changes the (shared) UNet's processors.
     model = tmp_path / "model"
-    clip = _clip_pair(tiny_pipe.text_encoder)
-    pipe = StreamingT2VPipeline(
-        tiny_pipe.unet, tiny_pipe.vae, tiny_pipe.text_encoder, tiny_pipe.scheduler_config,
-        tiny_pipe.config,
-    ).add_streaming_modules(clip.image)  # fmt: skip
-    pipe.save_pretrained(model)
+    base = random_pipeline("tiny", seed=7, streaming=False)
+    clip = _clip_pair(base.text_encoder)
+    base.add_streaming_modules(clip.image).save_pretrained(model)
     video = render(_params("green", "circle", "moving left", "gray"), 16)
     _write(tmp_path / "v", video)
     prompt = "a green circle moving left on a gray background"
