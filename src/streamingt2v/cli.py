@@ -39,6 +39,19 @@ def _float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """Device, precision, overwriting and progress: shared by the commands that run models."""
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "float16", "bfloat16"],
+        help="weights' precision (default: float16 on CUDA, float32 on CPU)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="streamingt2v",
@@ -105,20 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="frames per second of the output (default: the model's, 8)",
     )
-    gen.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
-    gen.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", "float32", "float16", "bfloat16"],
-        help="weights' precision (default: float16 on CUDA, float32 on CPU)",
-    )
     gen.add_argument(
         "--no-enhance",
         action="store_true",
         help="skip the enhancer (default: enhance when the model folder has enhancer/)",
     )
-    gen.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    gen.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_run_options(gen)
 
     enh = sub.add_parser(
         "enhance",
@@ -162,10 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="pipeline folder with enhancer/, or an enhancer folder (default: embedded)",
     )
     enh.add_argument("--fps", type=_int, default=8, help="output frame rate (default: 8)")
-    enh.add_argument("--device", default="auto", help="cpu, cuda, ... (default: auto)")
-    enh.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
-    enh.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    enh.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_run_options(enh)
+
     ev = sub.add_parser(
         "eval",
         help="measure a video: MAWE, SCuts, CLIP score, world checks, curves over time",

@@ -21,11 +21,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import ModelLoadError, PipelineConfig, UsageError, read_json
+from .config import ModelLoadError, UsageError
 from .metrics.mawe import FLOWS, mawe
 from .metrics.scuts import count_cuts
 from .metrics.world_checks import check_video
-from .models.encoders import ImageEncoder, TextEncoder
+from .models.encoders import ImageEncoder
+from .pipeline import load_text_encoder, read_pipeline_config
 from .world.render import parse_caption
 
 WINDOW = 8
@@ -52,18 +53,7 @@ class ClipPair:
         path = Path(path)
         if not (path / "image_encoder").is_dir():
             raise ModelLoadError(f"no image_encoder/ in {path}: not a CLIP-like model folder")
-        config_file = path / "pipeline_config.json"
-        config = (
-            PipelineConfig.from_dict(read_json(config_file))
-            if config_file.is_file()
-            else PipelineConfig()
-        )
-        tokens, mask = config.stream.text_tokens, config.text_attention_mask
-        text = (
-            TextEncoder.from_package(config.text_encoder_package, tokens, mask)
-            if config.text_encoder_package
-            else TextEncoder.from_folders(path / "text_encoder", path / "tokenizer", tokens, mask)
-        )
+        text = load_text_encoder(path, read_pipeline_config(path))
         return cls(text, ImageEncoder.from_folder(path / "image_encoder"))
 
     @torch.no_grad()

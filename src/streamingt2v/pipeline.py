@@ -61,6 +61,23 @@ class VideoOutput:
     fps: int
 
 
+def read_pipeline_config(root: Path) -> PipelineConfig:
+    """``root/pipeline_config.json``, or the defaults for a ModelScope folder without one."""
+    config_file = root / "pipeline_config.json"
+    if not config_file.is_file():
+        return PipelineConfig()
+    return PipelineConfig.from_dict(read_json(config_file))
+
+
+def load_text_encoder(root: Path, config: PipelineConfig) -> TextEncoder:
+    """The folder's text encoder: the package its config names, or ``text_encoder/`` +
+    ``tokenizer/``."""
+    tokens, mask = config.stream.text_tokens, config.text_attention_mask
+    if config.text_encoder_package:
+        return TextEncoder.from_package(config.text_encoder_package, tokens, mask)
+    return TextEncoder.from_folders(root / "text_encoder", root / "tokenizer", tokens, mask)
+
+
 class StreamingT2VPipeline:
     def __init__(
         self,
@@ -140,26 +157,10 @@ class StreamingT2VPipeline:
         root = Path(path)
         if not root.is_dir():
             raise ModelLoadError(f"model folder not found: {root}")
-        config_file = root / "pipeline_config.json"
-        config = (
-            PipelineConfig.from_dict(read_json(config_file))
-            if config_file.is_file()
-            else PipelineConfig()
-        )
+        config = read_pipeline_config(root)
         unet = load_diffusers(UNet3DConditionModel, root / "unet")
         vae = load_diffusers(AutoencoderKL, root / "vae")
-        text_encoder = text_encoder or (
-            TextEncoder.from_package(
-                config.text_encoder_package, config.stream.text_tokens, config.text_attention_mask
-            )
-            if config.text_encoder_package
-            else TextEncoder.from_folders(
-                root / "text_encoder",
-                root / "tokenizer",
-                config.stream.text_tokens,
-                config.text_attention_mask,
-            )
-        )
+        text_encoder = text_encoder or load_text_encoder(root, config)
         scheduler_config = read_json(root / "scheduler" / "scheduler_config.json")
         stream_unet = (
             load_diffusers(UNet3DConditionModel, root / "stream_unet")

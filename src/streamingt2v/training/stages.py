@@ -78,13 +78,16 @@ def text_encoder(cfg: TrainConfig) -> TextEncoder | PromptTable:
     table = cfg.inputs.get("text_table")
     if table:
         return PromptTable.load(Path(table))
+    return minilm()
+
+
+def minilm() -> TextEncoder:
     return TextEncoder.from_package(TEXT_PACKAGE, TEXT_TOKENS, attention_mask=True)
 
 
 def write_text_table(path: Path) -> None:
     """MiniLM's outputs for every world caption and the empty prompt (``inputs.text_table``)."""
-    encoder = TextEncoder.from_package(TEXT_PACKAGE, TEXT_TOKENS, attention_mask=True)
-    PromptTable.from_encoder(encoder, ["", *all_captions()]).save(path)
+    PromptTable.from_encoder(minilm(), ["", *all_captions()]).save(path)
 
 
 def all_captions() -> list[str]:

@@ -200,8 +200,7 @@ def train(
                 group["lr"] = lr_at(cfg, step)
             total = 0.0
             for micro in range(cfg.grad_accum):
-                index = (step * cfg.grad_accum + micro) * accelerator.num_processes
-                index += accelerator.process_index
+                index = indices[(step - start) * cfg.grad_accum + micro]
                 loss = stage.loss(index, next(batches)) / cfg.grad_accum
                 accelerator.backward(loss)
                 total += loss.item()
