@@ -140,3 +140,35 @@ def test_frame_encoder_must_match_vae_factor(tiny_pipe):
         copy.copy(tiny_pipe).add_streaming_modules(
             tiny_pipe.image_encoder, CamConfig(cond_embedding_channels=(8, 16, 32))
         )
+
+
+def test_skip_merger_normalizes_over_the_whole_chunk():
+    """The official merger: GroupNorm over (B, C, F, H, W), then per-pixel attention of the F
+    chunk frames to the F_cond CAM frames; written out here with plain tensor operations."""
+    from streamingt2v.config import CamConfig
+    from streamingt2v.models.cam import SkipMerger
+
+    torch.manual_seed(0)
+    batch, frames, cond, channels, size = 2, 6, 3, 64, 4
+    merger = SkipMerger(channels, CamConfig())
+    perturb_(merger, seed=1, std=0.2)
+    skip = torch.randn(batch * frames, channels, size, size)
+    cam = torch.randn(batch * cond, channels, size, size)
+
+    x = skip.unflatten(0, (batch, frames)).transpose(1, 2)  # (B, C, F, H, W)
+    groups = merger.norm.num_groups
+    g = x.reshape(batch, groups, -1)
+    var = g.var(-1, unbiased=False, keepdim=True)
+    normed = (g - g.mean(-1, keepdim=True)) / torch.sqrt(var + 1e-6)
+    normed = normed.reshape(x.shape) * merger.norm.weight[:, None, None, None]
+    normed = normed + merger.norm.bias[:, None, None, None]
+    q = merger.proj_in(normed.permute(0, 3, 4, 2, 1).reshape(-1, frames, channels))
+    kv = cam.unflatten(0, (batch, cond)).permute(0, 3, 4, 1, 2).reshape(-1, cond, channels)
+    attn = merger.attention
+    heads = attn.heads
+    split = lambda t: t.unflatten(-1, (heads, -1)).transpose(1, 2)  # noqa: E731
+    weights = (split(attn.to_q(q)) @ split(attn.to_k(kv)).transpose(-1, -2)) * attn.scale
+    mixed = (weights.softmax(-1) @ split(attn.to_v(kv))).transpose(1, 2).flatten(2)
+    out = merger.proj_out(attn.to_out[0](mixed))
+    out = out.reshape(batch, size, size, frames, channels).permute(0, 3, 4, 1, 2).flatten(0, 1)
+    torch.testing.assert_close(merger(skip, cam, batch), skip + out, rtol=1e-4, atol=1e-5)

@@ -9,7 +9,8 @@ Three parts, as in the official code:
    chunk) with text tokens only; E_cond's output is added after conv_in + transformer_in.
 3. ``SkipMerger``: for every skip connection and the mid-block output of the base UNet,
    ``out = skip + proj_out(Attn(q=proj_in(GroupNorm(skip)), kv=cam))``, attention over time
-   at each spatial location, the F chunk frames attending to the F_cond CAM frames.
+   at each spatial location, the F chunk frames attending to the F_cond CAM frames; the
+   GroupNorm's statistics are taken over the whole chunk (channels of a group x F x H x W).
    ``proj_out`` is zero-initialized, so an untrained CAM leaves the base output unchanged to
    the bit (tested).
 """
@@ -91,7 +92,9 @@ class SkipMerger(nn.Module):
     def forward(self, skip: torch.Tensor, cam: torch.Tensor, batch: int) -> torch.Tensor:
         """skip: (B*F, C, H, W) base feature; cam: (B*F_cond, C, H, W) CAM feature."""
         _, channels, height, width = skip.shape
-        q = self.norm(skip).unflatten(0, (batch, -1))  # (B, F, C, H, W)
+        # GroupNorm statistics span the whole chunk (all F frames), as in the official code.
+        q = self.norm(skip.unflatten(0, (batch, -1)).transpose(1, 2))  # (B, C, F, H, W)
+        q = q.transpose(1, 2)  # (B, F, C, H, W)
         frames = q.shape[1]
         q = q.permute(0, 3, 4, 1, 2).reshape(-1, frames, channels)  # (B*H*W, F, C)
         kv = cam.unflatten(0, (batch, -1))  # (B, F_cond, C, H, W)
