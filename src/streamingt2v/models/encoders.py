@@ -29,19 +29,38 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def load_transformers_model(path: Path) -> PreTrainedModel:
-    """Load a transformers model folder strictly: missing or unexpected weights are an error."""
+def load_transformers_model(path: Path, vision_only: bool = False) -> PreTrainedModel:
+    """Load a transformers model folder strictly: missing or unexpected weights are an error.
+
+    vision_only: a full CLIP folder (``CLIPModel``, as OpenCLIP ViT-H-14 is published) is
+    loaded as its vision tower with projection; only its text tower's weights may go unused.
+    """
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"missing model folder or its config.json: {path}")
     # AutoModel maps a config to the bare tower (CLIPVisionModel, without the projection that
     # the APM needs), so prefer the class that saved the folder, when transformers has it.
     architectures = read_json(path / "config.json").get("architectures") or []
     model_class = getattr(transformers, architectures[0], AutoModel) if architectures else AutoModel
+    unused: tuple[str, ...] = ()
+    kwargs = {}
     try:
-        model, info = model_class.from_pretrained(path, output_loading_info=True)
+        if vision_only and architectures[:1] == ["CLIPModel"]:
+            full = transformers.CLIPConfig.from_pretrained(path)
+            vision = full.vision_config
+            vision.projection_dim = full.projection_dim  # the vision config has its own default
+            model_class, kwargs = transformers.CLIPVisionModelWithProjection, {"config": vision}
+            unused = ("text_model.", "text_projection.", "logit_scale")
+        verbosity = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()  # its load report table; we check it below
+        try:
+            model, info = model_class.from_pretrained(path, output_loading_info=True, **kwargs)
+        finally:
+            transformers.logging.set_verbosity(verbosity)
     except Exception as err:  # transformers raises many types for a broken folder
         raise ModelLoadError(f"cannot load {path}: {err}") from err
-    bad = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys") and v}
+    info["unexpected_keys"] = [k for k in info["unexpected_keys"] if not k.startswith(unused)]
+    checked = ("missing_keys", "unexpected_keys", "mismatched_keys")
+    bad = {k: v for k, v in info.items() if k in checked and v}
     if bad:
         raise ModelLoadError(f"weights in {path} do not match its config: {bad}")
     return model.eval().requires_grad_(False)
@@ -186,7 +205,7 @@ class ImageEncoder(nn.Module):
 
     @classmethod
     def from_folder(cls, path: Path) -> ImageEncoder:
-        model = load_transformers_model(path)
+        model = load_transformers_model(path, vision_only=True)
         if not hasattr(model, "visual_projection") and not hasattr(model.config, "projection_dim"):
             raise ModelLoadError(f"{path} is not a CLIP-like vision model with a projection")
         preprocessor = path / "preprocessor_config.json"
