@@ -186,3 +186,15 @@ def test_perturbed_enhancer_changes_the_video(enhancer):
     perturb_(other.unet, seed=1, std=0.05)
     video = _low_res_video(6)
     assert not np.array_equal(_enhance(enhancer, video), _enhance(other, video))
+
+
+def test_generate_any_aspect_ratio_through_the_enhancer(enhanced_model_dir, tmp_path, capsys):
+    out = tmp_path / "wide.mp4"
+    assert run("generate", "a red circle", "--frames", 20, "--out", out, "--height", 16,
+               "--width", 48, "--model", enhanced_model_dir, *FAST) == 0  # fmt: skip
+    assert read_video(out).shape == (20, 32, 96, 3)
+    manifest = json.loads((tmp_path / "wide.mp4.json").read_text())
+    assert manifest["size"] == [16, 48] and manifest["enhance"]["size"] == [32, 96]
+    assert run("generate", "a red circle", "--out", tmp_path / "bad.mp4", "--width", 42,
+               "--model", enhanced_model_dir) == 2  # fmt: skip
+    assert "width 42 is not a multiple of 4" in capsys.readouterr().err

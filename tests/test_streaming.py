@@ -105,3 +105,23 @@ def test_base_only_model_refuses_long_videos_clearly():
     assert len(base("a red circle", 16, steps=1).frames) == 16
     with pytest.raises(UsageError, match="no streaming modules"):
         base.request("a red circle", 17)
+
+
+def test_non_square_video_streams_and_chunks_regenerate(trained_like_pipe):
+    """Any height and width that are multiples of the size step, through every chunk."""
+    pipe = trained_like_pipe
+    settings = dict(seed=3, height=24, width=40, **FAST)
+    video = pipe("a red circle moving right", 32, **settings).frames
+    assert video.shape == (32, 24, 40, 3)
+    request = pipe.request("a red circle moving right", 32, **settings)
+    alone = regenerate_chunk(pipe, request, 2, video[16:24], video[0])
+    assert np.array_equal(alone, video[24:32])
+
+
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [((30, 32), "height 30 is not a multiple of 4"), ((32, 0), "width must be an integer >= 1")],
+)
+def test_bad_sizes_are_named(tiny_pipe, size, message):
+    with pytest.raises(UsageError, match=message):
+        tiny_pipe.request("a red circle", 16, height=size[0], width=size[1])

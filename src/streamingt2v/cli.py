@@ -119,6 +119,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="frames per second of the output (default: the model's, 8)",
     )
     gen.add_argument(
+        "--height",
+        type=_int,
+        default=None,
+        help="frame height in pixels, a multiple of the model's size step (default: the model's)",
+    )
+    gen.add_argument(
+        "--width", type=_int, default=None, help="frame width in pixels (default: the model's)"
+    )
+    gen.add_argument(
         "--no-enhance",
         action="store_true",
         help="skip the enhancer (default: enhance when the model folder has enhancer/)",
@@ -298,6 +307,8 @@ def _generate(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         progress=not args.quiet,
         enhance=not args.no_enhance,
+        height=args.height,
+        width=args.width,
     )
     return _report(generate(config))
 

@@ -55,6 +55,8 @@ class GenerateConfig:
     dtype: str = "auto"  # "auto": float16 on CUDA, float32 on CPU
     progress: bool = True
     enhance: bool = True  # refine with the model folder's enhancer/, when it has one
+    height: int | None = None  # None: the model's own frame size
+    width: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in the manifest as is
 
     def __post_init__(self) -> None:
@@ -69,6 +71,7 @@ class GenerateConfig:
                 guidance=0.0 if self.guidance is None else self.guidance,
                 scheduler="ddim" if self.scheduler is None else self.scheduler,
             ),
+            (self.height or 1, self.width or 1),
         )
         if self.fps is not None and (isinstance(self.fps, bool) or not 1 <= self.fps <= 240):
             raise UsageError(f"fps must be an integer in [1, 240], got {self.fps!r}")
@@ -167,6 +170,8 @@ def generate(config: GenerateConfig) -> GenerateResult:
         guidance=config.guidance,
         scheduler=config.scheduler,
         negative_prompt=config.negative_prompt,
+        height=config.height,
+        width=config.width,
     )
     fps = config.fps or pipe.config.fps
     manifest = _manifest_head(config, request, pipe, model_dir, fps, device, dtype)
@@ -189,7 +194,7 @@ def generate(config: GenerateConfig) -> GenerateResult:
     output = frames()
     if enhancer is not None:
         settings = replace(enhancer.config.defaults, seed=request.seed)
-        size = enhancer.output_size(*pipe.frame_size)
+        size = enhancer.output_size(*request.size)
         manifest["enhance"] = {"size": list(size), **config_to_dict(settings)}
         output = enhancer.enhance(
             output,
@@ -329,6 +334,8 @@ def _settings(request: Request) -> dict[str, Any]:
         guidance=s.guidance,
         scheduler=s.scheduler,
         negative_prompt=s.negative_prompt,
+        height=request.size[0],
+        width=request.size[1],
     )
 
 
@@ -341,7 +348,7 @@ def _manifest_head(config, request, pipe, model_dir, fps, device, dtype) -> dict
         "requested_frames": request.num_frames,
         "seed": request.seed,
         "fps": fps,
-        "size": list(pipe.frame_size),
+        "size": list(request.size),
         "sample": config_to_dict(request.sample),
         "stream": config_to_dict(pipe.config.stream),
         "model": {"path": str(model_dir), "files": file_hashes(model_dir)},

@@ -237,8 +237,25 @@ class StreamingT2VPipeline:
         size = self.unet.config.sample_size * self.vae_scale_factor
         return size, size
 
-    def latent_shape(self, frames: int) -> tuple[int, ...]:
-        height, width = self.frame_size
+    @property
+    def size_multiple(self) -> int:
+        """Frame sides must be multiples of this: the VAE's factor times the UNet's halvings."""
+        return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    def check_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """A (height, width) the models can make, or a UsageError naming the bad side."""
+        m = self.size_multiple
+        for name, value in zip(("height", "width"), size, strict=True):
+            if value % m:
+                below, above = max(m, value // m * m), (value // m + 1) * m
+                raise UsageError(
+                    f"{name} {value} is not a multiple of {m} (the VAE's {self.vae_scale_factor}x "
+                    f"times the UNet's downsampling); try {below} or {above}"
+                )
+        return size
+
+    def latent_shape(self, frames: int, size: tuple[int, int] | None = None) -> tuple[int, ...]:
+        height, width = size or self.frame_size
         f = self.vae_scale_factor
         return (1, self.unet.config.in_channels, frames, height // f, width // f)
 
@@ -261,9 +278,12 @@ class StreamingT2VPipeline:
         ]
         return torch.cat(pixels).permute(1, 0, 2, 3)[None].float()  # (1, 3, F, H, W)
 
-    def to_model_frames(self, frames_fhwc: np.ndarray) -> torch.Tensor:
-        """(F, H, W, 3) uint8 -> (1, 3, F, H, W) in [-1, 1] on the model's device."""
-        expected = self.frame_size
+    def to_model_frames(
+        self, frames_fhwc: np.ndarray, size: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """(F, H, W, 3) uint8 -> (1, 3, F, H, W) in [-1, 1] on the model's device; frames
+        must have ``size`` (default: the model's own)."""
+        expected = tuple(size or self.frame_size)
         if tuple(frames_fhwc.shape[1:3]) != expected:
             raise UsageError(f"frames are {frames_fhwc.shape[1:3]}, the model makes {expected}")
         x = torch.from_numpy(np.ascontiguousarray(frames_fhwc)).to(self.device)
@@ -287,8 +307,11 @@ class StreamingT2VPipeline:
         guidance: float | None = None,
         scheduler: str | None = None,
         negative_prompt: str | None = None,
+        height: int | None = None,
+        width: int | None = None,
     ) -> Request:
-        """A validated Request; unset settings take the model's defaults."""
+        """A validated Request; unset settings take the model's defaults (size included: any
+        height and width that are multiples of ``size_multiple``)."""
         defaults = self.config.sample
         sample_config = SampleConfig(
             steps=defaults.steps if steps is None else steps,
@@ -299,7 +322,10 @@ class StreamingT2VPipeline:
             if negative_prompt is None
             else negative_prompt,
         )
-        request = Request(prompt, num_frames, seed, sample_config)
+        native = self.frame_size
+        size = (native[0] if height is None else height, native[1] if width is None else width)
+        request = Request(prompt, num_frames, seed, sample_config, size)
+        self.check_size(size)
         if chunk_count(num_frames, self.config.stream) > 1:
             self._require_streaming()
         return request
@@ -309,7 +335,8 @@ class StreamingT2VPipeline:
     ) -> Iterator[VideoChunk]:
         """Yield chunks of new frames as they are made (constant memory in the video length).
 
-        Settings: seed, steps, guidance, scheduler ("ddim" or "dpm"), negative_prompt.
+        Settings: seed, steps, guidance, scheduler ("ddim" or "dpm"), negative_prompt,
+        height, width.
         """
         return stream(self, self.request(prompt, num_frames, **settings), progress=progress)
 

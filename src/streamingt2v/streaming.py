@@ -42,6 +42,7 @@ class Request:
     num_frames: int
     seed: int = 0
     sample: SampleConfig = field(default_factory=SampleConfig)
+    size: tuple[int, int] | None = None  # (height, width) in pixels; None: the model's own
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str) or not self.prompt.strip():
@@ -51,6 +52,9 @@ class Request:
             raise UsageError(f"number of frames must be an integer >= 1, got {n!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise UsageError(f"seed must be an integer >= 0, got {self.seed!r}")
+        for name, value in zip(("height", "width"), self.size or (), strict=True):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 @dataclass
@@ -96,7 +100,8 @@ def generate_chunk(
     """
     stream = pipe.config.stream
     generator = torch.Generator("cpu").manual_seed(chunk_seed(request.seed, index))
-    noise = torch.randn(pipe.latent_shape(stream.chunk_frames), generator=generator)
+    shape = pipe.latent_shape(stream.chunk_frames, request.size)
+    noise = torch.randn(shape, generator=generator)
     noise = noise.to(device=pipe.device, dtype=pipe.dtype)  # (1, C, F, h, w)
     scheduler = make_scheduler(request.sample, pipe.scheduler_config)
     if index == 0:
@@ -145,8 +150,8 @@ def regenerate_chunk(
         if index > 0:
             if cond_frames is None or anchor is None:
                 raise UsageError(f"chunk {index} needs its conditioning frames and the anchor")
-            cond = pipe.to_model_frames(cond_frames)
-            embeds = pipe.encode_anchor(pipe.to_model_frames(anchor[None])[:, :, 0])
+            cond = pipe.to_model_frames(cond_frames, request.size)
+            embeds = pipe.encode_anchor(pipe.to_model_frames(anchor[None], request.size)[:, :, 0])
         frames = generate_chunk(pipe, request, index, context, cond, embeds)
     return to_uint8_fhwc(frames[0])
 
@@ -171,8 +176,9 @@ def stream(
             decoded = generate_chunk(pipe, request, index, context, cond, embeds, progress)
             frames = to_uint8_fhwc(decoded[0])  # (F_new, H, W, 3)
             if index == 0 and total > 1:
-                embeds = pipe.encode_anchor(pipe.to_model_frames(frames[:1])[:, :, 0])
-            cond = pipe.to_model_frames(frames[-stream_cfg.cond_frames :])  # (1, 3, F_cond, H, W)
+                anchor = pipe.to_model_frames(frames[:1], request.size)[:, :, 0]
+                embeds = pipe.encode_anchor(anchor)
+            cond = pipe.to_model_frames(frames[-stream_cfg.cond_frames :], request.size)
         keep = min(len(frames), request.num_frames - made)
         yield VideoChunk(
             index=index,
