@@ -8,6 +8,8 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from streamingt2v.cli import main
 from streamingt2v.enhance import EnhanceConfig
@@ -198,3 +200,26 @@ def test_generate_any_aspect_ratio_through_the_enhancer(enhanced_model_dir, tmp_
     assert run("generate", "a red circle", "--out", tmp_path / "bad.mp4", "--width", 42,
                "--model", enhanced_model_dir) == 2  # fmt: skip
     assert "width 42 is not a multiple of 4" in capsys.readouterr().err
+
+
+def test_a_diffusers_video_model_enhances_at_its_trained_size(modelscope_dir, tmp_path, capsys):
+    """Any diffusers UNet3D text-to-video folder (its own VAE and text encoder) is an
+    enhancer at the fixed size it was trained for, also for non-square output."""
+    enh = Enhancer.from_pretrained(modelscope_dir, size="24x40")
+    assert enh.output_size(32, 32) == (24, 40)
+    own_vae = load_file(modelscope_dir / "vae" / "diffusion_pytorch_model.safetensors")
+    for key, value in enh.vae.state_dict().items():
+        assert torch.equal(value, own_vae[key])
+    video = _low_res_video(10)
+    assert _enhance(enh, video).shape == (10, 24, 40, 3)
+    src = tmp_path / "in.gif"
+    writer = VideoWriter(src, 8)
+    writer.write(video)
+    writer.finish()
+    args = ["enhance", src, "--prompt", "p", "--model", modelscope_dir, *FAST]
+    assert run(*args, "--out", tmp_path / "o.mp4", "--size", "24x40") == 0
+    assert read_video(tmp_path / "o.mp4").shape == (10, 24, 40, 3)
+    assert run(*args, "--out", tmp_path / "p.mp4") == 2
+    assert "resolution it was trained at" in capsys.readouterr().err
+    assert run(*args, "--out", tmp_path / "q.mp4", "--size", "25x40") == 2
+    assert "25x40, not a multiple of 4" in capsys.readouterr().err

@@ -128,6 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--width", type=_int, default=None, help="frame width in pixels (default: the model's)"
     )
     gen.add_argument(
+        "--enhancer",
+        type=Path,
+        default=None,
+        help="enhancer folder or diffusers video model (default: the model folder's enhancer/)",
+    )
+    gen.add_argument(
+        "--enhance-size",
+        default=None,
+        help="HEIGHTxWIDTH of the enhanced video, for an enhancer trained at a fixed size "
+        "(e.g. 576x1024; default: the enhancer's own, 2x for the embedded one)",
+    )
+    gen.add_argument(
         "--no-enhance",
         action="store_true",
         help="skip the enhancer (default: enhance when the model folder has enhancer/)",
@@ -169,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     enh.add_argument("--guidance", type=_float, default=None, help="guidance (default: 7.5)")
     enh.add_argument("--negative-prompt", default="", help="negative prompt (default: empty)")
     enh.add_argument("--seed", type=_int, default=0, help="seed (default: 0)")
+    enh.add_argument(
+        "--size",
+        default=None,
+        help="HEIGHTxWIDTH of the output, for an enhancer trained at a fixed size "
+        "(default: the enhancer's own, 2x for the embedded one)",
+    )
     enh.add_argument(
         "--model",
         type=Path,
@@ -309,6 +327,8 @@ def _generate(args: argparse.Namespace) -> int:
         enhance=not args.no_enhance,
         height=args.height,
         width=args.width,
+        enhancer=args.enhancer,
+        enhance_size=args.enhance_size,
     )
     return _report(generate(config))
 
@@ -329,6 +349,7 @@ def _enhance(args: argparse.Namespace) -> int:
         seed=args.seed,
         negative_prompt=args.negative_prompt,
         model=args.model,
+        size=args.size,
         fps=args.fps,
         overwrite=args.overwrite,
         device=args.device,

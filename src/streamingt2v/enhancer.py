@@ -40,6 +40,9 @@ class EnhancerConfig:
     """The enhancer's upscaling factor and its default refinement settings."""
 
     scale: int = 2
+    # A fixed output (height, width) instead of ``scale``: the resolution a full-size enhancer
+    # was trained at (official: 720x720; a Zeroscope-XL style model: 576x1024).
+    size: tuple[int, int] | None = None
     text_tokens: int = 77
     text_attention_mask: bool = False
     defaults: EnhanceConfig = field(default_factory=EnhanceConfig)
@@ -56,9 +59,23 @@ class EnhancerConfig:
         data = dict(data)
         try:
             data["defaults"] = EnhanceConfig(**data.get("defaults", {}))
+            if data.get("size") is not None:
+                data["size"] = parse_size(data["size"])
             return cls(**data)
         except (TypeError, ValueError) as err:
             raise ModelLoadError(f"bad {CONFIG_FILE}: {err}") from err
+
+
+def parse_size(value) -> tuple[int, int]:
+    """(height, width) from "576x1024" or a pair of integers; UsageError otherwise."""
+    parts = value.lower().split("x") if isinstance(value, str) else value
+    try:
+        height, width = (int(p) for p in parts)
+    except (TypeError, ValueError):
+        raise UsageError(f"size must be HEIGHTxWIDTH, e.g. 576x1024, got {value!r}") from None
+    if height < 1 or width < 1:
+        raise UsageError(f"size must be positive, got {value!r}")
+    return height, width
 
 
 def settings(defaults: EnhanceConfig, **overrides) -> EnhanceConfig:
@@ -117,12 +134,28 @@ class Enhancer:
         dtype: torch.dtype = torch.float32,
         vae: AutoencoderKL | None = None,
         text_encoder: nn.Module | None = None,
+        size: tuple[int, int] | None = None,
     ) -> Enhancer:
-        """Load an enhancer folder; ``vae`` / ``text_encoder`` are used where it has none."""
+        """Load an enhancer folder, or any diffusers text-to-video folder (unet/, vae/,
+        text_encoder/, tokenizer/, scheduler/: e.g. a Zeroscope-XL style upscaler) used at
+        ``size``, the resolution it was trained at. ``vae`` / ``text_encoder`` are used where
+        the folder has none; ``size`` overrides the folder's output size."""
         root = Path(path)
-        if not (root / CONFIG_FILE).is_file():
-            raise ModelLoadError(f"not an enhancer folder (no {CONFIG_FILE}): {root}")
-        config = EnhancerConfig.from_dict(read_json(root / CONFIG_FILE))
+        if (root / CONFIG_FILE).is_file():
+            config = EnhancerConfig.from_dict(read_json(root / CONFIG_FILE))
+        elif (root / "unet").is_dir() and (root / "model_index.json").is_file():
+            if size is None:
+                raise UsageError(
+                    f"{root} is a diffusers video model without {CONFIG_FILE}: give the "
+                    "resolution it was trained at (--enhance-size HEIGHTxWIDTH, e.g. 576x1024)"
+                )
+            config = EnhancerConfig()
+        else:
+            raise ModelLoadError(
+                f"not an enhancer folder (no {CONFIG_FILE}) nor a diffusers video model: {root}"
+            )
+        if size is not None:
+            config.size = parse_size(size)
         unet = load_diffusers(UNet3DConditionModel, root / "unet")
         if (root / "vae").is_dir():
             vae = load_diffusers(AutoencoderKL, root / "vae")
@@ -169,12 +202,15 @@ class Enhancer:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
-        """Size of the enhanced frames; the upscaled size must fit the VAE's factor."""
-        out = (height * self.config.scale, width * self.config.scale)
-        if any(s % self.vae_scale_factor for s in out):
+        """Size of the enhanced frames (the fixed ``size``, else ``scale`` times the input);
+        it must fit the enhancer's VAE factor times its UNet's downsampling."""
+        size = self.config.size
+        out = tuple(size) if size else (height * self.config.scale, width * self.config.scale)
+        step = self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        if any(s % step for s in out):
             raise UsageError(
-                f"frames of {height}x{width} upscale to {out[0]}x{out[1]}, not a multiple of "
-                f"the enhancer's VAE factor {self.vae_scale_factor}"
+                f"frames of {height}x{width} enhance to {out[0]}x{out[1]}, not a multiple of "
+                f"{step} (the enhancer's VAE factor times its UNet's downsampling)"
             )
         return out
 
@@ -183,8 +219,10 @@ class Enhancer:
         """(F, H, W, 3) uint8 low-res -> (F, C, h, w) latents of the upscaled frames."""
         x = torch.from_numpy(np.ascontiguousarray(frames_fhwc)).to(self.device)
         x = x.permute(0, 3, 1, 2).float() / 127.5 - 1
+        size = self.output_size(*x.shape[2:])
+        shrink = size[0] < x.shape[2] or size[1] < x.shape[3]
         x = nn.functional.interpolate(
-            x, scale_factor=self.config.scale, mode="bilinear", align_corners=False
+            x, size=size, mode="bilinear", align_corners=False, antialias=shrink
         ).clamp(-1, 1)
         z = self.vae.encode(x.to(self.vae.dtype)).latent_dist.mean
         return (z * self.vae.config.scaling_factor).float()
@@ -205,7 +243,7 @@ class Enhancer:
         negative_prompt: str = "",
         progress: bool = False,
     ) -> Iterator[np.ndarray]:
-        """Enhanced frames (H*scale, W*scale, 3) uint8, one by one, in order.
+        """Enhanced frames (``output_size``, 3) uint8, one by one, in order.
 
         ``frames`` yields the ``num_frames`` low-resolution (H, W, 3) uint8 frames; it is
         read only as far as the chunks in flight need.

@@ -24,7 +24,6 @@ import torch
 from . import __version__
 from .config import SampleConfig, UsageError, config_to_dict
 from .enhance import EnhanceConfig
-from .enhancer import CONFIG_FILE as ENHANCER_CONFIG
 from .enhancer import Enhancer
 from .enhancer import settings as enhance_settings
 from .pipeline import StreamingT2VPipeline
@@ -57,6 +56,8 @@ class GenerateConfig:
     enhance: bool = True  # refine with the model folder's enhancer/, when it has one
     height: int | None = None  # None: the model's own frame size
     width: int | None = None
+    enhancer: Path | None = None  # None: the model folder's enhancer/ (if any)
+    enhance_size: str | None = None  # "HxW": a full-size enhancer's trained resolution
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in the manifest as is
 
     def __post_init__(self) -> None:
@@ -160,8 +161,10 @@ def generate(config: GenerateConfig) -> GenerateResult:
     device, dtype = resolve_device(config.device, config.dtype)
     pipe = StreamingT2VPipeline.from_pretrained(model_dir, device=device, dtype=dtype)
     enhancer = None
-    if config.enhance and (model_dir / "enhancer").is_dir():
-        enhancer = load_enhancer(model_dir, device, dtype, pipe)
+    if config.enhance and (config.enhancer or (model_dir / "enhancer").is_dir()):
+        enhancer = load_enhancer(
+            config.enhancer or model_dir, device, dtype, pipe, config.enhance_size
+        )
     request = pipe.request(
         config.prompt,
         config.num_frames,
@@ -256,6 +259,7 @@ class EnhanceFileConfig:
     seed: int = 0
     negative_prompt: str = ""
     model: Path | None = None  # a pipeline folder with enhancer/, or an enhancer folder
+    size: str | None = None  # "HxW": output size (a full-size enhancer's trained resolution)
     fps: int = 8
     overwrite: bool = False
     device: str = "auto"
@@ -283,16 +287,30 @@ class EnhanceFileConfig:
         )
 
 
-def load_enhancer(model_dir: Path, device: torch.device, dtype: torch.dtype, pipe=None) -> Enhancer:
-    """The enhancer of a pipeline folder (sharing its VAE and text encoder) or of an
-    enhancer folder of its own."""
-    if (model_dir / ENHANCER_CONFIG).is_file():
-        return Enhancer.from_pretrained(model_dir, device, dtype)
+def load_enhancer(
+    model_dir: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    pipe=None,
+    size: str | None = None,
+) -> Enhancer:
+    """The enhancer of a pipeline folder (sharing its VAE and text encoder), an enhancer
+    folder of its own, or a diffusers text-to-video folder used at ``size`` ("HxW")."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise UsageError(f"enhancer folder not found: {model_dir}")
     if not (model_dir / "enhancer").is_dir():
-        raise UsageError(f"{model_dir} has no enhancer (no enhancer/ folder)")
+        if (model_dir / "pipeline_config.json").is_file():
+            raise UsageError(f"{model_dir} has no enhancer (no enhancer/ folder)")
+        return Enhancer.from_pretrained(model_dir, device, dtype, size=size)
     pipe = pipe or StreamingT2VPipeline.from_pretrained(model_dir, device=device, dtype=dtype)
     return Enhancer.from_pretrained(
-        model_dir / "enhancer", device, dtype, vae=pipe.vae, text_encoder=pipe.text_encoder
+        model_dir / "enhancer",
+        device,
+        dtype,
+        vae=pipe.vae,
+        text_encoder=pipe.text_encoder,
+        size=size,
     )
 
 
@@ -304,7 +322,7 @@ def enhance_file(config: EnhanceFileConfig) -> GenerateResult:
     video = read_video(config.video)
     model_dir = resolve_model_dir(config.model)
     device, dtype = resolve_device(config.device, config.dtype)
-    enhancer = load_enhancer(model_dir, device, dtype)
+    enhancer = load_enhancer(model_dir, device, dtype, size=config.size)
     settings = config.overrides(enhancer.config.defaults)
     size = enhancer.output_size(*video.shape[1:3])
     manifest = {
