@@ -264,3 +264,12 @@ def test_real_sigint_keeps_a_playable_video(tiny_model_dir, tmp_path):
     manifest = json.loads((tmp_path / "v.mp4.json").read_text())
     assert 0 < len(frames) == manifest["frames"] < 2000
     assert manifest["interrupted"] is True
+
+
+def test_unreachable_hub_id_is_a_clear_error(tmp_path, capsys):
+    """A hub id is fetched into the cache when there is internet; here there is none."""
+    argv = ["generate", "a red circle", "--out", str(tmp_path / "v.mp4")]
+    assert main([*argv, "--model", "no-such-org/no-such-model"]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-org/no-such-model" in err and "pass a local folder" in err
+    assert not (tmp_path / "v.mp4").exists()

@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         type=Path,
         default=None,
-        help="pipeline or ModelScope folder (default: the embedded default model)",
+        help="pipeline or ModelScope folder, or a hub id (default: the embedded default model)",
     )
     gen.add_argument(
         "--fps",

@@ -52,7 +52,7 @@ from .config import (
 )
 from .models.apm import AppearancePreservationModule, spatial_cross_attention_names
 from .models.cam import ConditionalAttentionModule
-from .models.weights import WEIGHTS_NAME
+from .models.weights import WEIGHTS_NAME, local_model_folder
 
 MERGER_DOWN = re.compile(
     r"base_model\.cross_attention_merger_down_blocks\.(\d+)\.temporal_transformer\.(.+)"
@@ -298,9 +298,10 @@ def convert_official(
     max_shard_bytes: int = 2 * 1024**3,
 ) -> ConversionReport:
     """Write the pipeline folder ``out`` from the official checkpoint plus the public models."""
-    checkpoint, out, base, image_encoder = map(Path, (checkpoint, out, base, image_encoder))
+    checkpoint, out = Path(checkpoint), Path(out)
     if out.exists():
         raise UsageError(f"{out} exists; choose a new folder (nothing was written)")
+    base, image_encoder = local_model_folder(base), local_model_folder(image_encoder)
     check_base_folder(base)
     if not (image_encoder / "config.json").is_file():
         raise UsageError(f"{image_encoder} is not a transformers CLIP vision folder")

@@ -26,6 +26,7 @@ from .config import SampleConfig, UsageError, config_to_dict
 from .enhance import EnhanceConfig
 from .enhancer import Enhancer
 from .enhancer import settings as enhance_settings
+from .models.weights import local_model_folder
 from .pipeline import StreamingT2VPipeline
 from .streaming import Request
 from .video_io import VideoWriter, output_kind, read_video
@@ -113,9 +114,7 @@ def check_output(out: Path, overwrite: bool) -> None:
 
 def resolve_model_dir(model: Path | None) -> Path:
     if model is not None:
-        if not Path(model).is_dir():
-            raise UsageError(f"model folder not found: {model}")
-        return Path(model)
+        return local_model_folder(model)
     if not (DEFAULT_MODEL_DIR / "unet").is_dir():
         raise UsageError(
             "the embedded default model is not part of this installation yet; "
@@ -296,9 +295,7 @@ def load_enhancer(
 ) -> Enhancer:
     """The enhancer of a pipeline folder (sharing its VAE and text encoder), an enhancer
     folder of its own, or a diffusers text-to-video folder used at ``size`` ("HxW")."""
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise UsageError(f"enhancer folder not found: {model_dir}")
+    model_dir = local_model_folder(model_dir)
     if not (model_dir / "enhancer").is_dir():
         if (model_dir / "pipeline_config.json").is_file():
             raise UsageError(f"{model_dir} has no enhancer (no enhancer/ folder)")

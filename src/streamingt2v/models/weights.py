@@ -8,6 +8,7 @@ also carries the config. diffusers and transformers components use their own
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..config import ModelLoadError, read_json
+from ..config import ModelLoadError, UsageError, read_json
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -71,6 +72,28 @@ def load_diffusers(cls, folder: Path, dtype: torch.dtype | None = None):
     if bad:
         raise ModelLoadError(f"weights in {folder} do not match its config: {bad}")
     return model
+
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def local_model_folder(spec: str | Path) -> Path:
+    """A model folder on disk: ``spec`` itself, or a Hugging Face hub id ("org/name")
+    downloaded into the hub cache (needs internet once; then found offline in the cache)."""
+    path = Path(spec)
+    if path.is_dir():
+        return path
+    if path.exists() or not HUB_ID.fullmatch(str(spec)):
+        raise UsageError(f"model folder not found: {spec}")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(spec)))
+    except Exception as err:  # offline, unknown repo, gated repo, interrupted download
+        raise UsageError(
+            f"model folder not found: {spec}, and it could not be fetched from the Hugging "
+            f"Face hub ({type(err).__name__}); without internet pass a local folder"
+        ) from err
 
 
 def _few(keys: list[str], limit: int = 10) -> str:
