@@ -223,3 +223,29 @@ def test_a_diffusers_video_model_enhances_at_its_trained_size(modelscope_dir, tm
     assert "resolution it was trained at" in capsys.readouterr().err
     assert run(*args, "--out", tmp_path / "q.mp4", "--size", "25x40") == 2
     assert "25x40, not a multiple of 4" in capsys.readouterr().err
+
+
+def test_plan_counts_the_evaluations_a_run_makes(enhanced_model_dir, tmp_path, capsys, monkeypatch):
+    """--plan measures one evaluation of each kind; its counts must be the run's own."""
+    from streamingt2v import sampling
+    from streamingt2v.generate import GenerateConfig, generate, plan_run
+
+    config = GenerateConfig("a red circle", 40, tmp_path / "v.mp4", steps=3, progress=False,
+                            model=enhanced_model_dir)  # fmt: skip
+    plan = plan_run(config)
+    counts = {s.name: s.count for s in plan.stages}
+    calls = []
+    forward = sampling.unet_forward
+    monkeypatch.setattr(sampling, "unet_forward",
+                        lambda *a, **k: calls.append(1) or forward(*a, **k))  # fmt: skip
+    generate(config)
+    unet_steps = [name for name in counts if "UNet" in name]
+    assert len(unet_steps) == 3
+    assert sum(counts[name] for name in unet_steps) == len(calls)
+    assert counts["decode a frame (VAE)"] == 16 + 8 * (plan.chunks - 1)
+    assert plan.peak_ram_bytes > plan.weights_bytes > 0 and plan.seconds > 0
+    assert run("generate", "a red circle", "--frames", 40, "--out", tmp_path / "p.mp4",
+               "--model", enhanced_model_dir, "--plan", *FAST) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "predicted time" in printed and "peak RAM" in printed
+    assert not (tmp_path / "p.mp4").exists()

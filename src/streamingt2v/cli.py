@@ -140,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(e.g. 576x1024; default: the enhancer's own, 2x for the embedded one)",
     )
     gen.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the predicted time, peak GPU memory and RAM for these settings "
+        "(one measured evaluation of each kind) and exit without generating",
+    )
+    gen.add_argument(
         "--no-enhance",
         action="store_true",
         help="skip the enhancer (default: enhance when the model folder has enhancer/)",
@@ -330,6 +336,12 @@ def _generate(args: argparse.Namespace) -> int:
         enhancer=args.enhancer,
         enhance_size=args.enhance_size,
     )
+    if args.plan:
+        from .generate import plan_run
+        from .plan import format_plan
+
+        print(format_plan(plan_run(config)))
+        return 0
     return _report(generate(config))
 
 

@@ -28,6 +28,7 @@ from .enhancer import Enhancer
 from .enhancer import settings as enhance_settings
 from .models.weights import local_model_folder
 from .pipeline import StreamingT2VPipeline
+from .plan import Plan, make_plan
 from .streaming import Request
 from .video_io import VideoWriter, output_kind, read_video
 
@@ -156,25 +157,7 @@ def generate(config: GenerateConfig) -> GenerateResult:
     palette frames until the end). Raises UsageError for bad input before any work is done.
     """
     check_output(config.out, config.overwrite)
-    model_dir = resolve_model_dir(config.model)
-    device, dtype = resolve_device(config.device, config.dtype)
-    pipe = StreamingT2VPipeline.from_pretrained(model_dir, device=device, dtype=dtype)
-    enhancer = None
-    if config.enhance and (config.enhancer or (model_dir / "enhancer").is_dir()):
-        enhancer = load_enhancer(
-            config.enhancer or model_dir, device, dtype, pipe, config.enhance_size
-        )
-    request = pipe.request(
-        config.prompt,
-        config.num_frames,
-        seed=config.seed,
-        steps=config.steps,
-        guidance=config.guidance,
-        scheduler=config.scheduler,
-        negative_prompt=config.negative_prompt,
-        height=config.height,
-        width=config.width,
-    )
+    model_dir, device, dtype, pipe, enhancer, request = _load_run(config)
     fps = config.fps or pipe.config.fps
     manifest = _manifest_head(config, request, pipe, model_dir, fps, device, dtype)
 
@@ -207,6 +190,38 @@ def generate(config: GenerateConfig) -> GenerateResult:
             progress=config.progress,
         )
     return write_video(output, config.out, fps, manifest)
+
+
+def plan_run(config: GenerateConfig) -> Plan:
+    """What ``generate(config)`` would cost (time, memory), measured on one evaluation of
+    each kind; generates and writes nothing."""
+    _, _, _, pipe, enhancer, request = _load_run(config)
+    settings = replace(enhancer.config.defaults, seed=request.seed) if enhancer else None
+    return make_plan(pipe, request, enhancer, settings)
+
+
+def _load_run(config: GenerateConfig):
+    """The models and the validated request of a generate run."""
+    model_dir = resolve_model_dir(config.model)
+    device, dtype = resolve_device(config.device, config.dtype)
+    pipe = StreamingT2VPipeline.from_pretrained(model_dir, device=device, dtype=dtype)
+    enhancer = None
+    if config.enhance and (config.enhancer or (model_dir / "enhancer").is_dir()):
+        enhancer = load_enhancer(
+            config.enhancer or model_dir, device, dtype, pipe, config.enhance_size
+        )
+    request = pipe.request(
+        config.prompt,
+        config.num_frames,
+        seed=config.seed,
+        steps=config.steps,
+        guidance=config.guidance,
+        scheduler=config.scheduler,
+        negative_prompt=config.negative_prompt,
+        height=config.height,
+        width=config.width,
+    )
+    return model_dir, device, dtype, pipe, enhancer, request
 
 
 def write_video(

@@ -1,0 +1,202 @@
+"""``generate --plan``: what a run will cost, before running it.
+
+The plan counts the model evaluations the run will make (denoising steps of the first chunk,
+of every streaming chunk, of every enhancer chunk) and measures each kind once at the run's
+own settings (frame size, dtype, device): seconds per evaluation and the peak memory reached
+(CUDA: the allocator's peak; always: the process's peak resident memory). The streaming loop
+and the enhancer repeat these same evaluations and keep nothing that grows with the video's
+length, so the run's peak is the probe's peak, and its time is the measured seconds times
+the counts (model loading and video writing not included).
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from .blending import chunk_starts
+from .enhance import EnhanceConfig, Schedule
+from .sampling import make_scheduler, stream_denoiser, text_denoiser
+from .streaming import Request, chunk_count
+
+
+@dataclass
+class Stage:
+    """One kind of model evaluation: how many the run makes, and what one costs."""
+
+    name: str
+    count: int
+    seconds: float = 0.0  # measured, per evaluation
+
+    @property
+    def total(self) -> float:
+        return self.count * self.seconds
+
+
+@dataclass
+class Plan:
+    frames: int
+    chunks: int
+    size: tuple[int, int]
+    device: str
+    dtype: str
+    stages: list[Stage] = field(default_factory=list)
+    weights_bytes: int = 0
+    peak_device_bytes: int | None = None  # CUDA only
+    peak_ram_bytes: int = 0
+
+    @property
+    def seconds(self) -> float:
+        return sum(s.total for s in self.stages)
+
+    def to_dict(self) -> dict:
+        return {
+            "frames": self.frames,
+            "chunks": self.chunks,
+            "size": list(self.size),
+            "device": self.device,
+            "dtype": self.dtype,
+            "stages": [
+                {"name": s.name, "count": s.count, "seconds_each": round(s.seconds, 4)}
+                for s in self.stages
+            ],
+            "predicted_seconds": round(self.seconds, 1),
+            "weights_bytes": self.weights_bytes,
+            "peak_device_bytes": self.peak_device_bytes,
+            "peak_ram_bytes": self.peak_ram_bytes,
+        }
+
+
+def _peak_rss_bytes() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
+
+
+def _timed(run: Callable[[], object], device: torch.device, repeats: int = 3) -> float:
+    """Median seconds of ``repeats`` calls, after one warm-up call (lazy initialization,
+    kernel choice)."""
+    times = []
+    for _ in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times[1:])
+
+
+def _weights(*modules) -> int:
+    return sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
+
+
+@torch.inference_mode()
+def make_plan(pipe, request: Request, enhancer=None, enhance: EnhanceConfig | None = None) -> Plan:
+    """Count and measure the evaluations of ``request`` (and of the enhancer, if given)."""
+    device, stream_cfg = pipe.device, pipe.config.stream
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    chunks = chunk_count(request.num_frames, stream_cfg)
+    plan = Plan(
+        frames=request.num_frames,
+        chunks=chunks,
+        size=tuple(request.size),
+        device=str(device),
+        dtype=str(pipe.dtype).removeprefix("torch."),
+    )
+    modules = [m for m in pipe._modules()] + ([enhancer.unet, enhancer.vae] if enhancer else [])
+    plan.weights_bytes = _weights(*{id(m): m for m in modules}.values())
+
+    steps = len(make_scheduler(request.sample, pipe.scheduler_config).timesteps)
+    context = pipe.encode_prompt(request.prompt, request.sample.negative_prompt)
+    latents = torch.randn(pipe.latent_shape(stream_cfg.chunk_frames, request.size))
+    latents = latents.to(device=device, dtype=pipe.dtype)
+    t = torch.tensor(500, device=device)
+    base = text_denoiser(pipe.unet, context, request.sample.guidance)
+    plan.stages.append(
+        Stage("first chunk: UNet step", steps, _timed(lambda: base(latents, t), device))
+    )
+    per_frame = _timed(lambda: pipe.decode_latents(latents), device) / latents.shape[2]
+    made = stream_cfg.chunk_frames + (chunks - 1) * stream_cfg.new_frames
+    plan.stages.append(Stage("decode a frame (VAE)", made, per_frame))
+    if chunks > 1:
+        height, width = request.size
+        frames = torch.zeros(1, 3, stream_cfg.cond_frames, height, width, device=device)
+        embeds = pipe.encode_anchor(frames[:, :, 0].to(pipe.dtype))
+        denoise = stream_denoiser(
+            pipe.stream_unet,
+            pipe.cam,
+            pipe.apm,
+            context,
+            embeds,
+            frames.to(pipe.dtype),
+            request.sample.guidance,
+        )
+        step = _timed(lambda: denoise(latents, t), device)
+        plan.stages.append(
+            Stage("streaming chunks: UNet + CAM + APM step", steps * (chunks - 1), step)
+        )
+    if enhancer is not None:
+        plan.stages += _enhancer_stages(enhancer, enhance, request, device)
+    if device.type == "cuda":
+        plan.peak_device_bytes = torch.cuda.max_memory_allocated(device)
+    plan.peak_ram_bytes = _peak_rss_bytes()
+    return plan
+
+
+def _enhancer_stages(enhancer, cfg: EnhanceConfig, request: Request, device) -> list[Stage]:
+    n = request.num_frames
+    starts = chunk_starts(n, cfg.chunk, cfg.overlap)
+    evaluations = len(starts) * len(Schedule(enhancer.scheduler_config, cfg).timesteps)
+    height, width = enhancer.output_size(*request.size)
+    f = enhancer.vae_scale_factor
+    channels = enhancer.unet.config.in_channels
+    x = torch.randn(1, channels, min(cfg.chunk, n), height // f, width // f)
+    x = x.to(device=device, dtype=enhancer.unet.dtype)
+    context = enhancer.text_encoder([request.sample.negative_prompt, request.prompt])
+    denoise = text_denoiser(enhancer.unet, context.to(enhancer.unet.dtype), cfg.guidance)
+    t = torch.tensor(500, device=device)
+    step = _timed(lambda: denoise(x, t), device)
+    frame = x[0, :, 0]
+    decode = _timed(lambda: enhancer._decode(frame), device)
+    encode_input = torch.zeros(1, *request.size, 3, dtype=torch.uint8).numpy()
+    encode = _timed(lambda: enhancer._encode(encode_input), device)
+    return [
+        Stage("enhancer: UNet step on a chunk", evaluations, step),
+        Stage("enhancer: encode an input frame", n, encode),
+        Stage("enhancer: decode an output frame", n, decode),
+    ]
+
+
+def _gib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**30:.2f} GiB"
+
+
+def format_plan(plan: Plan) -> str:
+    lines = [
+        f"plan: {plan.frames} frames at {plan.size[0]}x{plan.size[1]}, {plan.chunks} chunks, "
+        f"on {plan.device} ({plan.dtype})",
+        "",
+        f"{'stage':<42}{'count':>8}{'s each':>10}{'s total':>10}",
+    ]
+    for s in plan.stages:
+        lines.append(f"{s.name:<42}{s.count:>8}{s.seconds:>10.3f}{s.total:>10.1f}")
+    minutes = plan.seconds / 60
+    lines += [
+        "",
+        f"predicted time      {plan.seconds:.0f} s ({minutes:.1f} min; loading, writing excluded)",
+        f"weights             {_gib(plan.weights_bytes)}",
+        f"peak GPU memory     {_gib(plan.peak_device_bytes)} (does not grow with the length)"
+        if plan.peak_device_bytes is not None
+        else "peak GPU memory     - (not a CUDA run)",
+        f"peak RAM            {_gib(plan.peak_ram_bytes)} (this process, models loaded)",
+        "Measured on one evaluation of each kind at these settings; nothing was generated.",
+    ]
+    return "\n".join(lines)
