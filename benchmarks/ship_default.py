@@ -34,8 +34,10 @@ STAGES = (
     "image_encoder",
     "base_h200",
     "base",
+    "base_v2",
     "stream_h200",
     "stream",
+    "stream_v2",
     "enhancer",
 )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -249,3 +250,27 @@ def test_plan_counts_the_evaluations_a_run_makes(enhanced_model_dir, tmp_path, c
     printed = capsys.readouterr().out
     assert "predicted time" in printed and "peak RAM" in printed
     assert not (tmp_path / "p.mp4").exists()
+
+
+def test_offload_moves_one_unet_group_at_a_time_and_changes_nothing(
+    enhanced_model_dir, tmp_path, monkeypatch
+):
+    """On this CPU the moves are to the same device, so this checks the bookkeeping: the
+    stages take turns (base, then streaming and enhancer alternating), and the video is the
+    same as without offload."""
+    from streamingt2v import pipeline
+    from streamingt2v.generate import GenerateConfig, generate
+    from streamingt2v.offload import Offloader
+
+    made = []
+    monkeypatch.setattr(
+        pipeline, "Offloader", lambda device: made.append(Offloader(device)) or made[-1]
+    )
+    common = dict(steps=3, progress=False, model=enhanced_model_dir)
+    generate(GenerateConfig("a red circle", 40, tmp_path / "a", offload=True, **common))
+    generate(GenerateConfig("a red circle", 40, tmp_path / "b", **common))
+    assert np.array_equal(read_video(tmp_path / "a"), read_video(tmp_path / "b"))
+    history = made[0].history
+    assert history[0] == "base" and history.count("base") == 1
+    assert {"streaming", "enhancer"} <= set(history)
+    assert all(a != b for a, b in pairwise(history))  # a group moves in only on a change

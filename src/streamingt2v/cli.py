@@ -48,6 +48,11 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         choices=["auto", "float32", "float16", "bfloat16"],
         help="weights' precision (default: float16 on CUDA, float32 on CPU)",
     )
+    parser.add_argument(
+        "--offload",
+        action="store_true",
+        help="keep each UNet in CPU memory until its stage runs (less GPU memory)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -329,6 +334,7 @@ def _generate(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         device=args.device,
         dtype=args.dtype,
+        offload=args.offload,
         progress=not args.quiet,
         enhance=not args.no_enhance,
         height=args.height,
@@ -366,6 +372,7 @@ def _enhance(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         device=args.device,
         dtype=args.dtype,
+        offload=args.offload,
         progress=not args.quiet,
     )
     return _report(enhance_file(config))

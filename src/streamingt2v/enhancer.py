@@ -30,6 +30,7 @@ from .config import ModelLoadError, UsageError, read_json
 from .enhance import EnhanceConfig, Schedule, denoise_chunks, denoise_streaming
 from .models.encoders import TextEncoder
 from .models.weights import load_diffusers
+from .offload import Offloader
 from .sampling import text_denoiser
 
 CONFIG_FILE = "enhancer_config.json"
@@ -125,6 +126,7 @@ class Enhancer:
         self.text_encoder = text_encoder.eval()
         self.scheduler_config = dict(scheduler_config)
         self.config = config or EnhancerConfig()
+        self.offloader: Offloader | None = None  # shared with the pipeline (``--offload``)
 
     @classmethod
     def from_pretrained(
@@ -195,7 +197,16 @@ class Enhancer:
 
     @property
     def device(self) -> torch.device:
-        return self.unet.device
+        return self.offloader.device if self.offloader else self.unet.device
+
+    def enable_offload(self, offloader: Offloader) -> Enhancer:
+        """Share ``offloader`` (the pipeline's, or a new one): the UNet waits in CPU memory
+        until the enhancer runs; the VAE and text encoder move to its device now."""
+        self.offloader = offloader
+        self.vae.to(offloader.device)
+        self.text_encoder.to(offloader.device)
+        offloader.park(self.unet)
+        return self
 
     @property
     def vae_scale_factor(self) -> int:
@@ -257,6 +268,8 @@ class Enhancer:
         guided = text_denoiser(self.unet, context, cfg.guidance)
 
         def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            if self.offloader:
+                self.offloader.use("enhancer", self.unet)
             return guided(x.to(self.unet.dtype), t).float()
 
         source = _FrameWindow(frames, self._encode)

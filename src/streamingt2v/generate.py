@@ -27,6 +27,7 @@ from .enhance import EnhanceConfig
 from .enhancer import Enhancer
 from .enhancer import settings as enhance_settings
 from .models.weights import local_model_folder
+from .offload import Offloader
 from .pipeline import StreamingT2VPipeline
 from .plan import Plan, make_plan
 from .streaming import Request
@@ -60,6 +61,7 @@ class GenerateConfig:
     width: int | None = None
     enhancer: Path | None = None  # None: the model folder's enhancer/ (if any)
     enhance_size: str | None = None  # "HxW": a full-size enhancer's trained resolution
+    offload: bool = False  # UNet groups in CPU memory until their stage runs (offload.py)
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in the manifest as is
 
     def __post_init__(self) -> None:
@@ -204,12 +206,17 @@ def _load_run(config: GenerateConfig):
     """The models and the validated request of a generate run."""
     model_dir = resolve_model_dir(config.model)
     device, dtype = resolve_device(config.device, config.dtype)
-    pipe = StreamingT2VPipeline.from_pretrained(model_dir, device=device, dtype=dtype)
+    load_on = torch.device("cpu") if config.offload else device
+    pipe = StreamingT2VPipeline.from_pretrained(model_dir, device=load_on, dtype=dtype)
+    if config.offload:
+        pipe.enable_offload(device)
     enhancer = None
     if config.enhance and (config.enhancer or (model_dir / "enhancer").is_dir()):
         enhancer = load_enhancer(
-            config.enhancer or model_dir, device, dtype, pipe, config.enhance_size
+            config.enhancer or model_dir, load_on, dtype, pipe, config.enhance_size
         )
+        if config.offload:
+            enhancer.enable_offload(pipe.offloader)
     request = pipe.request(
         config.prompt,
         config.num_frames,
@@ -274,6 +281,7 @@ class EnhanceFileConfig:
     negative_prompt: str = ""
     model: Path | None = None  # a pipeline folder with enhancer/, or an enhancer folder
     size: str | None = None  # "HxW": output size (a full-size enhancer's trained resolution)
+    offload: bool = False  # the UNet in CPU memory until enhancement starts
     fps: int = 8
     overwrite: bool = False
     device: str = "auto"
@@ -334,7 +342,10 @@ def enhance_file(config: EnhanceFileConfig) -> GenerateResult:
     video = read_video(config.video)
     model_dir = resolve_model_dir(config.model)
     device, dtype = resolve_device(config.device, config.dtype)
-    enhancer = load_enhancer(model_dir, device, dtype, size=config.size)
+    load_on = torch.device("cpu") if config.offload else device
+    enhancer = load_enhancer(model_dir, load_on, dtype, size=config.size)
+    if config.offload:
+        enhancer.enable_offload(Offloader(device))
     settings = config.overrides(enhancer.config.defaults)
     size = enhancer.output_size(*video.shape[1:3])
     manifest = {

@@ -47,6 +47,7 @@ from .models.weights import (
     read_module_config,
     save_module,
 )
+from .offload import Offloader
 from .streaming import Request, VideoChunk, chunk_count, stream
 
 STREAMING_PARTS = ("cam", "apm", "image_encoder")
@@ -107,6 +108,27 @@ class StreamingT2VPipeline:
             check_frame_encoder_matches(self.cam.config, self.vae_scale_factor)
         if self.apm is not None:  # last: it changes the (possibly shared) UNet's processors
             self.apm.attach(self.stream_unet)
+        self.offloader: Offloader | None = None
+
+    def enable_offload(self, device: str | torch.device) -> StreamingT2VPipeline:
+        """Run on ``device`` with the UNet groups in CPU memory until their stage runs
+        (``offload.py``); the VAE and the encoders move to ``device`` now."""
+        self.offloader = Offloader(device)
+        for module in (self.vae, self.text_encoder, self.image_encoder):
+            if module is not None:
+                module.to(self.offloader.device)
+        self.offloader.park(*[m for m in (self.unet, self.stream_unet, self.cam, self.apm) if m])
+        return self
+
+    def use_base(self) -> None:
+        """Before the first chunk's denoising: the base UNet on the device."""
+        if self.offloader:
+            self.offloader.use("base", self.unet)
+
+    def use_streaming(self) -> None:
+        """Before a streaming chunk: the streaming UNet, CAM and APM on the device."""
+        if self.offloader:
+            self.offloader.use("streaming", self.stream_unet, self.cam, self.apm)
 
     # ----------------------------------------------------------------- construction
     def add_streaming_modules(
@@ -221,7 +243,8 @@ class StreamingT2VPipeline:
     # ----------------------------------------------------------------- conversions
     @property
     def device(self) -> torch.device:
-        return self.unet.device
+        """Where the models run (with offload: where each runs when its stage comes)."""
+        return self.offloader.device if self.offloader else self.unet.device
 
     @property
     def dtype(self) -> torch.dtype:

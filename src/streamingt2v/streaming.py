@@ -105,10 +105,12 @@ def generate_chunk(
     noise = noise.to(device=pipe.device, dtype=pipe.dtype)  # (1, C, F, h, w)
     scheduler = make_scheduler(request.sample, pipe.scheduler_config)
     if index == 0:
+        pipe.use_base()
         denoise = text_denoiser(pipe.unet, context, request.sample.guidance)
     else:
         if cond_frames is None or image_embeds is None:
             raise ValueError(f"chunk {index} needs conditioning frames and the anchor embedding")
+        pipe.use_streaming()
         denoise = stream_denoiser(
             pipe.stream_unet,
             pipe.cam,
