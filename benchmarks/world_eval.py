@@ -59,6 +59,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--scheduler", default=None)
+    parser.add_argument(
+        "--method", default="streamingt2v", help="the method or a baseline/ablation (METHODS)"
+    )
     parser.add_argument("--out", type=Path, default=Path("docs/eval"))
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
@@ -68,6 +71,7 @@ def main() -> None:
     table = PromptTable.load(args.text_table) if args.text_table else None
     pipe = StreamingT2VPipeline.from_pretrained(args.model, args.device, text_encoder=table)
     settings = {k: v for k, v in (("steps", args.steps), ("scheduler", args.scheduler)) if v}
+    settings["method"] = args.method
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for i, prompt in enumerate(eval_prompts(args.prompts, args.seed)):

@@ -125,3 +125,30 @@ def test_non_square_video_streams_and_chunks_regenerate(trained_like_pipe):
 def test_bad_sizes_are_named(tiny_pipe, size, message):
     with pytest.raises(UsageError, match=message):
         tiny_pipe.request("a red circle", 16, height=size[0], width=size[1])
+
+
+def test_baselines_and_ablations_change_what_they_should(trained_like_pipe):
+    """independent: later chunks ignore the video so far; no-cam: they ignore the previous
+    chunk's frames; no-apm: they ignore the anchor frame. Chunk 0 is the same for all."""
+    pipe = trained_like_pipe
+    prompt, common = "a blue square moving up", dict(seed=4, **FAST)
+    ours = pipe.request(prompt, 32, **common)
+    video = pipe(prompt, 32, **common).frames
+    cond, anchor = video[16:24], video[0]
+    for method in ("independent", "no-cam", "no-apm"):
+        variant = pipe(prompt, 32, method=method, **common).frames
+        assert np.array_equal(variant[:16], video[:16]), method
+        assert not np.array_equal(variant[16:], video[16:]), method
+    other = np.roll(cond, 1, axis=2)
+    request = pipe.request(prompt, 32, method="no-cam", **common)
+    no_cam = regenerate_chunk(pipe, request, 2, cond, anchor)
+    assert np.array_equal(no_cam, regenerate_chunk(pipe, request, 2, other, anchor))
+    request = pipe.request(prompt, 32, method="no-apm", **common)
+    no_apm = regenerate_chunk(pipe, request, 2, cond, anchor)
+    assert np.array_equal(no_apm, regenerate_chunk(pipe, request, 2, cond, 255 - anchor))
+    assert not np.array_equal(
+        regenerate_chunk(pipe, ours, 2, cond, anchor),
+        regenerate_chunk(pipe, ours, 2, other, anchor),
+    )
+    with pytest.raises(UsageError, match="unknown method 'freenoise'"):
+        pipe.request(prompt, 32, method="freenoise")

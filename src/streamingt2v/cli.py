@@ -13,6 +13,7 @@ from pathlib import Path
 from . import __version__
 from .blending import MODES
 from .config import SCHEDULERS, UsageError
+from .streaming import METHODS
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -143,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="HEIGHTxWIDTH of the enhanced video, for an enhancer trained at a fixed size "
         "(e.g. 576x1024; default: the enhancer's own, 2x for the embedded one)",
+    )
+    gen.add_argument(
+        "--method",
+        default="streamingt2v",
+        choices=list(METHODS),
+        help="the method, or a baseline/ablation for comparisons: "
+        + "; ".join(f"{k}: {v}" for k, v in METHODS.items()),
     )
     gen.add_argument(
         "--plan",
@@ -341,6 +349,7 @@ def _generate(args: argparse.Namespace) -> int:
         width=args.width,
         enhancer=args.enhancer,
         enhance_size=args.enhance_size,
+        method=args.method,
     )
     if args.plan:
         from .generate import plan_run

@@ -62,6 +62,7 @@ class GenerateConfig:
     enhancer: Path | None = None  # None: the model folder's enhancer/ (if any)
     enhance_size: str | None = None  # "HxW": a full-size enhancer's trained resolution
     offload: bool = False  # UNet groups in CPU memory until their stage runs (offload.py)
+    method: str = "streamingt2v"  # or a baseline / ablation (streaming.METHODS)
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in the manifest as is
 
     def __post_init__(self) -> None:
@@ -77,6 +78,7 @@ class GenerateConfig:
                 scheduler="ddim" if self.scheduler is None else self.scheduler,
             ),
             (self.height or 1, self.width or 1),
+            self.method,
         )
         if self.fps is not None and (isinstance(self.fps, bool) or not 1 <= self.fps <= 240):
             raise UsageError(f"fps must be an integer in [1, 240], got {self.fps!r}")
@@ -227,6 +229,7 @@ def _load_run(config: GenerateConfig):
         negative_prompt=config.negative_prompt,
         height=config.height,
         width=config.width,
+        method=config.method,
     )
     return model_dir, device, dtype, pipe, enhancer, request
 
@@ -377,6 +380,7 @@ def _settings(request: Request) -> dict[str, Any]:
         negative_prompt=s.negative_prompt,
         height=request.size[0],
         width=request.size[1],
+        method=request.method,
     )
 
 
@@ -390,6 +394,7 @@ def _manifest_head(config, request, pipe, model_dir, fps, device, dtype) -> dict
         "seed": request.seed,
         "fps": fps,
         "size": list(request.size),
+        "method": request.method,
         "sample": config_to_dict(request.sample),
         "stream": config_to_dict(pipe.config.stream),
         "model": {"path": str(model_dir), "files": file_hashes(model_dir)},

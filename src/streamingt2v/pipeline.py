@@ -332,6 +332,7 @@ class StreamingT2VPipeline:
         negative_prompt: str | None = None,
         height: int | None = None,
         width: int | None = None,
+        method: str = "streamingt2v",
     ) -> Request:
         """A validated Request; unset settings take the model's defaults (size included: any
         height and width that are multiples of ``size_multiple``)."""
@@ -347,7 +348,7 @@ class StreamingT2VPipeline:
         )
         native = self.frame_size
         size = (native[0] if height is None else height, native[1] if width is None else width)
-        request = Request(prompt, num_frames, seed, sample_config, size)
+        request = Request(prompt, num_frames, seed, sample_config, size, method)
         self.check_size(size)
         if chunk_count(num_frames, self.config.stream) > 1:
             self._require_streaming()
@@ -359,7 +360,7 @@ class StreamingT2VPipeline:
         """Yield chunks of new frames as they are made (constant memory in the video length).
 
         Settings: seed, steps, guidance, scheduler ("ddim" or "dpm"), negative_prompt,
-        height, width.
+        height, width, method (``streaming.METHODS``: the method or a baseline/ablation).
         """
         return stream(self, self.request(prompt, num_frames, **settings), progress=progress)
 

@@ -54,19 +54,22 @@ def text_denoiser(unet, context: torch.Tensor, guidance: float) -> Denoiser:
 
 def stream_model(
     unet,
-    cam: ConditionalAttentionModule,
-    apm: AppearancePreservationModule,
+    cam: ConditionalAttentionModule | None,
+    apm: AppearancePreservationModule | None,
     context: torch.Tensor,
-    image_embeds: torch.Tensor,
-    frame_features: torch.Tensor,
+    image_embeds: torch.Tensor | None,
+    frame_features: torch.Tensor | None,
 ) -> Denoiser:
     """Base UNet + CAM + APM as one noise predictor (no guidance): training and sampling
-    share it.
+    share it. ``cam=None`` or ``apm=None`` leaves that module out (the ablations).
 
     context: (B, T, D) text tokens; image_embeds: (B, E) anchor embeddings; frame_features:
     (B*F_cond, C0, h, w), E_cond's output for the conditioning frames.
     """
-    full_context = apm.extend_context(context, image_embeds)  # (B, T+k, D)
+    # Without the APM the context keeps its T text tokens, which its mixers pass through.
+    full_context = context if apm is None else apm.extend_context(context, image_embeds)
+    if cam is None:
+        return lambda x, t: unet_forward(unet, x, t, full_context)
     cond_count = frame_features.shape[0] // context.shape[0]
 
     def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -79,8 +82,8 @@ def stream_model(
 
 def stream_denoiser(
     unet,
-    cam: ConditionalAttentionModule,
-    apm: AppearancePreservationModule,
+    cam: ConditionalAttentionModule | None,
+    apm: AppearancePreservationModule | None,
     context: torch.Tensor,
     image_embeds: torch.Tensor,
     cond_frames: torch.Tensor,
@@ -91,9 +94,12 @@ def stream_denoiser(
     context: (2B, T, D) text tokens as [negative, prompt]; image_embeds: (2B, E) as
     [zeros image, anchor frame]; cond_frames: (B, 3, F_cond, H, W) pixels in [-1, 1], the last
     frames of the output so far. Both guidance branches see the same conditioning frames.
+    ``cam=None`` / ``apm=None``: the ablations without that module.
     """
-    frame_features = cam.embed_frames(cond_frames)  # (B*F_cond, C0, h, w), once per chunk
-    frame_features = torch.cat([frame_features, frame_features])  # both guidance branches
+    frame_features = None
+    if cam is not None:
+        frame_features = cam.embed_frames(cond_frames)  # (B*F_cond, C0, h, w), once per chunk
+        frame_features = torch.cat([frame_features, frame_features])  # both guidance branches
     model = stream_model(unet, cam, apm, context, image_embeds, frame_features)
     return guided(model, guidance)
 

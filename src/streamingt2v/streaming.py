@@ -34,6 +34,17 @@ if TYPE_CHECKING:
     from .pipeline import StreamingT2VPipeline
 
 
+# The method and the inference-time baselines and ablations it is compared with (the
+# evaluation issue): every chunk from text alone; the streaming chunks without the APM's
+# anchor tokens; without the CAM's conditioning on the previous chunk.
+METHODS = {
+    "streamingt2v": "CAM + APM (the paper's method)",
+    "independent": "every chunk from the base model and the text alone (hard cuts expected)",
+    "no-apm": "streaming chunks without the APM (no anchor-frame tokens)",
+    "no-cam": "streaming chunks without the CAM (no conditioning on the previous chunk)",
+}
+
+
 @dataclass
 class Request:
     """What to generate. ``num_frames`` may be any integer >= 1 (see ``chunk_count``)."""
@@ -43,6 +54,7 @@ class Request:
     seed: int = 0
     sample: SampleConfig = field(default_factory=SampleConfig)
     size: tuple[int, int] | None = None  # (height, width) in pixels; None: the model's own
+    method: str = "streamingt2v"  # or a baseline / ablation of METHODS
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str) or not self.prompt.strip():
@@ -52,6 +64,8 @@ class Request:
             raise UsageError(f"number of frames must be an integer >= 1, got {n!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise UsageError(f"seed must be an integer >= 0, got {self.seed!r}")
+        if self.method not in METHODS:
+            raise UsageError(f"unknown method {self.method!r}; choose one of {list(METHODS)}")
         for name, value in zip(("height", "width"), self.size or (), strict=True):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UsageError(f"{name} must be an integer >= 1, got {value!r}")
@@ -104,7 +118,7 @@ def generate_chunk(
     noise = torch.randn(shape, generator=generator)
     noise = noise.to(device=pipe.device, dtype=pipe.dtype)  # (1, C, F, h, w)
     scheduler = make_scheduler(request.sample, pipe.scheduler_config)
-    if index == 0:
+    if index == 0 or request.method == "independent":
         pipe.use_base()
         denoise = text_denoiser(pipe.unet, context, request.sample.guidance)
     else:
@@ -113,8 +127,8 @@ def generate_chunk(
         pipe.use_streaming()
         denoise = stream_denoiser(
             pipe.stream_unet,
-            pipe.cam,
-            pipe.apm,
+            None if request.method == "no-cam" else pipe.cam,
+            None if request.method == "no-apm" else pipe.apm,
             context,
             image_embeds,
             cond_frames,
