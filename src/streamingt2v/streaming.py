@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import SampleConfig, StreamConfig, UsageError
+from .freenoise import rescheduled_noise, windowed_temporal_attention
 from .sampling import make_scheduler, sample, stream_denoiser, text_denoiser
 
 if TYPE_CHECKING:
@@ -42,7 +43,10 @@ METHODS = {
     "independent": "every chunk from the base model and the text alone (hard cuts expected)",
     "no-apm": "streaming chunks without the APM (no anchor-frame tokens)",
     "no-cam": "streaming chunks without the CAM (no conditioning on the previous chunk)",
+    "freenoise": "FreeNoise on the base model: rescheduled noise, window-fused temporal "
+    "attention, the whole video denoised at once (memory grows with the length)",
 }
+FREENOISE_STRIDE = 4  # frames between FreeNoise's attention windows (its paper's default)
 
 
 @dataclass
@@ -180,6 +184,9 @@ def stream(
     The conditioning frames and the anchor are taken from the uint8 frames handed out, so a
     chunk depends only on what the video holds (and can be regenerated from a saved video).
     """
+    if request.method == "freenoise":
+        yield _freenoise(pipe, request, progress)
+        return
     stream_cfg = pipe.config.stream
     total = chunk_count(request.num_frames, stream_cfg)
     with torch.inference_mode():
@@ -204,6 +211,33 @@ def stream(
             seconds=time.perf_counter() - started,
         )
         made += keep
+
+
+def _freenoise(pipe: StreamingT2VPipeline, request: Request, progress: bool) -> VideoChunk:
+    """The FreeNoise baseline's whole video as one chunk (``freenoise.py``)."""
+    started = time.perf_counter()
+    window = pipe.config.stream.chunk_frames
+    seed = chunk_seed(request.seed, 0)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    shape = pipe.latent_shape(max(request.num_frames, window), request.size)
+    noise = rescheduled_noise(shape, window, FREENOISE_STRIDE, generator)
+    with torch.inference_mode():
+        context = pipe.encode_prompt(request.prompt, request.sample.negative_prompt)
+        pipe.use_base()
+        denoise = text_denoiser(pipe.unet, context, request.sample.guidance)
+        scheduler = make_scheduler(request.sample, pipe.scheduler_config)
+        with windowed_temporal_attention(pipe.unet, window, FREENOISE_STRIDE):
+            latents = sample(
+                denoise,
+                noise.to(device=pipe.device, dtype=pipe.dtype),
+                scheduler,
+                generator,
+                eta=request.sample.eta,
+                progress=progress,
+                desc="freenoise",
+            )
+        frames = to_uint8_fhwc(pipe.decode_latents(latents)[0])[: request.num_frames]
+    return VideoChunk(0, 0, frames, seed, time.perf_counter() - started)
 
 
 def to_uint8_fhwc(video_cfhw: torch.Tensor) -> np.ndarray:
