@@ -26,12 +26,8 @@ from PIL import Image
 from streamingt2v.blending import MODES
 from streamingt2v.generate import load_enhancer
 from streamingt2v.metrics.smoothness import boundary_flow_std
+from streamingt2v.metrics.world_checks import xt_slice
 from streamingt2v.world.render import render, rng_for, sample_params
-
-
-def xt_slice(video: np.ndarray) -> np.ndarray:
-    """The middle row of every frame stacked over time: (F, W, 3)."""
-    return video[:, video.shape[1] // 2]
 
 
 def main() -> None:

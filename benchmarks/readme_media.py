@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from streamingt2v import StreamingT2VPipeline
-from streamingt2v.metrics.world_checks import read_frame
+from streamingt2v.metrics.world_checks import xt_slice
 from streamingt2v.video_io import VideoWriter
 
 PROMPTS = (
@@ -27,13 +27,6 @@ PROMPTS = (
     "a cyan triangle circling on a gray background",
     "a white square moving down on a gray background",
 )
-
-
-def xt_slice(video: np.ndarray) -> np.ndarray:
-    """(F, H, W, 3) -> (F, W, 3): the row through the object's mean centroid height."""
-    ys = [r.centroid[1] for r in map(read_frame, video) if r.centroid]
-    row = int(np.clip(np.mean(ys) * video.shape[2], 0, video.shape[1] - 1)) if ys else 0
-    return video[:, row]
 
 
 def main() -> None:

@@ -170,3 +170,12 @@ def check_video(video: np.ndarray, expected: dict[str, str], window: int = 8) ->
         speeds=speeds,
         colour_drift=colour_drift,
     )
+
+
+def xt_slice(video: np.ndarray) -> np.ndarray:
+    """(F, H, W, 3) -> (F, W, 3): the row through the object's mean centroid height, every
+    frame stacked over time (the middle row when no object is found). Continuity reads at a
+    glance: a cut is a horizontal break, motion a slanted trace."""
+    ys = [r.centroid[1] for r in map(read_frame, video) if r.centroid]  # in frame widths
+    row = int(np.clip(np.mean(ys) * video.shape[2], 0, video.shape[1] - 1)) if ys else None
+    return video[:, video.shape[1] // 2 if row is None else row]
