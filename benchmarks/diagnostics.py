@@ -3,6 +3,7 @@
     python benchmarks/diagnostics.py scuts            # SCuts floor: object-only cuts found
     python benchmarks/diagnostics.py vae --vae DIR    # world checks after a VAE round trip
     python benchmarks/diagnostics.py x0 --unet DIR [--schedule S] [--prediction P]
+    python benchmarks/diagnostics.py cam --model DIR  # does the CAM use its frames?
 
 ``scuts``: 8 pairs of world videos with the same background, cut at frame 24, and the
 uncut first videos, counted by AdaptiveDetector at several ``min_content_val`` floors.
@@ -113,9 +114,54 @@ def x0_error(vae_dir: Path, unet_dir: Path, schedule: str, prediction: str | Non
             )
 
 
+def cam_use(model_dir: Path) -> None:
+    """Does the streaming model use its conditioning frames? Its v-prediction error on
+    rendered clips with the clip's own conditioning frames, with another clip's, and with
+    the CAM left out; over all 16 positions and over the 8 new ones."""
+    from diffusers import DDPMScheduler
+
+    from streamingt2v import StreamingT2VPipeline
+    from streamingt2v.sampling import stream_model
+    from streamingt2v.world.dataset import WorldClips, clip_batch
+
+    pipe = StreamingT2VPipeline.from_pretrained(model_dir)
+    noise = DDPMScheduler.from_config(pipe.scheduler_config)
+    batch = clip_batch(WorldClips(16, 32, 600, seed=99), 5, 6)
+    video = batch["video"]  # (B, 3, 16, H, W) in [-1, 1]
+    fc = pipe.config.stream.cond_frames
+    with torch.no_grad():
+        frames = video.permute(0, 2, 1, 3, 4).flatten(0, 1)
+        z0 = pipe.vae.encode(frames).latent_dist.mean * pipe.vae.config.scaling_factor
+        z0 = z0.unflatten(0, (len(video), -1)).permute(0, 2, 1, 3, 4)  # (B, C, F, h, w)
+        # conditioning frames as generated ones: through the VAE and back, as in training
+        cond = torch.cat([pipe.decode_latents(z0[i : i + 1, :, :fc]) for i in range(len(video))])
+        context = pipe.text_encoder(batch["caption"])
+        embeds = pipe.image_encoder(batch["anchor"])
+        generator = torch.Generator().manual_seed(0)
+        print(f"{len(video)} clips; v-prediction error: all 16 positions / the 8 new ones")
+        for step in (200, 500, 800, 950):
+            eps = torch.randn(z0.shape, generator=generator)
+            t = torch.full((len(video),), step)
+            x = noise.add_noise(z0, eps, t)
+            target = noise.get_velocity(z0, eps, t)
+            cases = {
+                "own frames": (pipe.cam, cond),
+                "another clip's": (pipe.cam, cond.roll(1, dims=0)),
+                "no CAM": (None, None),
+            }
+            parts = []
+            for name, (cam, frames_in) in cases.items():
+                features = cam.embed_frames(frames_in) if cam is not None else None
+                model = stream_model(pipe.stream_unet, cam, pipe.apm, context, embeds, features)
+                err = (model(x, t) - target) ** 2
+                parts.append(f"{name} {err.mean():.4f}/{err[:, :, fc:].mean():.4f}")
+            print(f"t={step}: " + ", ".join(parts))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["scuts", "vae", "x0"])
+    parser.add_argument("what", choices=["scuts", "vae", "x0", "cam"])
+    parser.add_argument("--model", type=Path, default=Path("src/streamingt2v/default_model"))
     parser.add_argument("--vae", type=Path, default=Path("runs/default/vae_sharp/final"))
     parser.add_argument("--unet", type=Path, default=Path("runs/default/base/final"))
     parser.add_argument("--schedule", default="world", choices=["world", "modelscope"])
@@ -127,6 +173,8 @@ def main() -> None:
         scuts()
     elif args.what == "vae":
         vae_round_trip(args.vae)
+    elif args.what == "cam":
+        cam_use(args.model)
     else:
         x0_error(args.vae, args.unet, args.schedule, args.prediction)
 

@@ -273,3 +273,23 @@ def test_unreachable_hub_id_is_a_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no-such-org/no-such-model" in err and "pass a local folder" in err
     assert not (tmp_path / "v.mp4").exists()
+
+
+def test_readme_lists_every_option_of_every_command():
+    """The README's command-line summary matches the parser (documentation = code)."""
+    import argparse
+    from pathlib import Path
+
+    from streamingt2v.cli import build_parser
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [
+        f"{name} {option}"
+        for name, parser in sub.choices.items()
+        for action in parser._actions
+        for option in action.option_strings
+        if option.startswith("--") and option not in ("--help",) and option not in readme
+    ]
+    assert not missing, missing
+    assert all(f"streamingt2v {name}" in readme for name in sub.choices)
