@@ -4,6 +4,7 @@
     python benchmarks/diagnostics.py vae --vae DIR    # world checks after a VAE round trip
     python benchmarks/diagnostics.py x0 --unet DIR [--schedule S] [--prediction P]
     python benchmarks/diagnostics.py cam --model DIR  # does the CAM use its frames?
+    python benchmarks/diagnostics.py readme --model DIR  # the shipping test's figures
 
 ``scuts``: 8 pairs of world videos with the same background, cut at frame 24, and the
 uncut first videos, counted by AdaptiveDetector at several ``min_content_val`` floors.
@@ -158,9 +159,33 @@ def cam_use(model_dir: Path) -> None:
             print(f"t={step}: " + ", ".join(parts))
 
 
+def readme_prompt(model_dir: Path, frames: int = 48) -> None:
+    """The shipping test's figures (tests/test_default_model.py: the README's prompt, seed 0,
+    24 frames) for any model folder, and each chunk's background and colour."""
+    from streamingt2v import StreamingT2VPipeline
+    from streamingt2v.metrics.world_checks import check_video, read_frame
+    from streamingt2v.world.render import parse_caption
+
+    prompt = "a red circle moving right on a black background"
+    video = StreamingT2VPipeline.from_pretrained(model_dir)(prompt, frames, seed=0).frames
+    report = check_video(video[:24], parse_caption(prompt))
+    print(
+        f"first 24 frames: background right {report.background_right:.1%} (test: >= 90%), "
+        f"colour right {report.colour_right:.1%} (test: >= 80%)"
+    )
+    for start, stop in ((0, 16), *((s, s + 8) for s in range(16, frames, 8))):
+        readings = [read_frame(f) for f in video[start:stop]]
+        backgrounds = sum(r.background == "black" for r in readings)
+        colours = sum(r.colour == "red" for r in readings)
+        print(
+            f"frames {start}-{stop - 1}: black background {backgrounds}/{stop - start}, "
+            f"red object {colours}/{stop - start}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["scuts", "vae", "x0", "cam"])
+    parser.add_argument("what", choices=["scuts", "vae", "x0", "cam", "readme"])
     parser.add_argument("--model", type=Path, default=Path("src/streamingt2v/default_model"))
     parser.add_argument("--vae", type=Path, default=Path("runs/default/vae_sharp/final"))
     parser.add_argument("--unet", type=Path, default=Path("runs/default/base/final"))
@@ -175,6 +200,8 @@ def main() -> None:
         vae_round_trip(args.vae)
     elif args.what == "cam":
         cam_use(args.model)
+    elif args.what == "readme":
+        readme_prompt(args.model)
     else:
         x0_error(args.vae, args.unet, args.schedule, args.prediction)
 

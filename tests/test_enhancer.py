@@ -35,6 +35,8 @@ def enhanced_model_dir(tmp_path_factory, tiny_model_dir, enhancer):
     """The tiny pipeline folder with an enhancer/ beside its models."""
     path = tmp_path_factory.mktemp("enhanced") / "model"
     shutil.copytree(tiny_model_dir, path)
+    # cheap defaults for the generate tests (4 sampler steps, 2 of them run at strength 0.6)
+    enhancer.config.defaults = EnhanceConfig(steps=4)
     enhancer.save_pretrained(path / "enhancer")
     return path
 

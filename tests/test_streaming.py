@@ -150,5 +150,5 @@ def test_baselines_and_ablations_change_what_they_should(trained_like_pipe):
         regenerate_chunk(pipe, ours, 2, cond, anchor),
         regenerate_chunk(pipe, ours, 2, other, anchor),
     )
-    with pytest.raises(UsageError, match="unknown method 'freenoise'"):
-        pipe.request(prompt, 32, method="freenoise")
+    with pytest.raises(UsageError, match="unknown method 'conc-cond'"):
+        pipe.request(prompt, 32, method="conc-cond")  # a trained baseline, not built yet
