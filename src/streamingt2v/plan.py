@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .blending import chunk_starts
+from .config import UsageError
 from .enhance import EnhanceConfig, Schedule
 from .sampling import make_scheduler, stream_denoiser, text_denoiser
 from .streaming import Request, chunk_count
@@ -100,6 +101,8 @@ def _weights(*modules) -> int:
 @torch.inference_mode()
 def make_plan(pipe, request: Request, enhancer=None, enhance: EnhanceConfig | None = None) -> Plan:
     """Count and measure the evaluations of ``request`` (and of the enhancer, if given)."""
+    if request.method != "streamingt2v":
+        raise UsageError(f"--plan covers the method itself, not --method {request.method}")
     device, stream_cfg = pipe.device, pipe.config.stream
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
