@@ -61,3 +61,14 @@ def test_freenoise_method_makes_the_requested_frames(tiny_pipe):
     assert video.shape == (30, *tiny_pipe.frame_size, 3)
     again = tiny_pipe("a red circle", 30, seed=1, method="freenoise", steps=2).frames
     assert np.array_equal(video, again)
+
+
+def test_plan_refuses_a_baseline_method(tiny_pipe):
+    import pytest
+
+    from streamingt2v.config import UsageError
+    from streamingt2v.plan import make_plan
+
+    request = tiny_pipe.request("a red circle", 40, method="freenoise")
+    with pytest.raises(UsageError, match="--plan covers the method itself"):
+        make_plan(tiny_pipe, request)
