@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from itertools import pairwise
 
 import numpy as np
@@ -252,6 +253,16 @@ def test_plan_counts_the_evaluations_a_run_makes(enhanced_model_dir, tmp_path, c
     printed = capsys.readouterr().out
     assert "predicted time" in printed and "peak RAM" in printed
     assert not (tmp_path / "p.mp4").exists()
+    # with --offload each UNet group is moved in before it is measured, as in a run
+    from streamingt2v import pipeline
+    from streamingt2v.offload import Offloader
+
+    made = []
+    monkeypatch.setattr(
+        pipeline, "Offloader", lambda device: made.append(Offloader(device)) or made[-1]
+    )
+    plan_run(replace(config, offload=True))
+    assert made[0].history == ["base", "streaming", "enhancer"]
 
 
 def test_offload_moves_one_unet_group_at_a_time_and_changes_nothing(

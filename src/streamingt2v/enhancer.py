@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from .config import ModelLoadError, UsageError, read_json
 from .enhance import EnhanceConfig, Schedule, denoise_chunks, denoise_streaming
 from .models.encoders import TextEncoder
+from .models.unet import size_step, vae_factor
 from .models.weights import load_diffusers
 from .offload import Offloader
 from .sampling import text_denoiser
@@ -136,7 +137,7 @@ class Enhancer:
         dtype: torch.dtype = torch.float32,
         vae: AutoencoderKL | None = None,
         text_encoder: nn.Module | None = None,
-        size: tuple[int, int] | None = None,
+        size: str | tuple[int, int] | None = None,
     ) -> Enhancer:
         """Load an enhancer folder, or any diffusers text-to-video folder (unet/, vae/,
         text_encoder/, tokenizer/, scheduler/: e.g. a Zeroscope-XL style upscaler) used at
@@ -208,16 +209,21 @@ class Enhancer:
         offloader.park(self.unet)
         return self
 
+    def use_unet(self) -> None:
+        """Before a denoising step: the UNet on the device (with offload; else a no-op)."""
+        if self.offloader:
+            self.offloader.use("enhancer", self.unet)
+
     @property
     def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return vae_factor(self.vae)
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """Size of the enhanced frames (the fixed ``size``, else ``scale`` times the input);
         it must fit the enhancer's VAE factor times its UNet's downsampling."""
         size = self.config.size
         out = tuple(size) if size else (height * self.config.scale, width * self.config.scale)
-        step = self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        step = size_step(self.unet, self.vae)
         if any(s % step for s in out):
             raise UsageError(
                 f"frames of {height}x{width} enhance to {out[0]}x{out[1]}, not a multiple of "
@@ -268,8 +274,7 @@ class Enhancer:
         guided = text_denoiser(self.unet, context, cfg.guidance)
 
         def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            if self.offloader:
-                self.offloader.use("enhancer", self.unet)
+            self.use_unet()
             return guided(x.to(self.unet.dtype), t).float()
 
         source = _FrameWindow(frames, self._encode)

@@ -18,7 +18,7 @@ class Offloader:
     def __init__(self, device: str | torch.device):
         self.device = torch.device(device)
         self.active: dict[int, nn.Module] = {}
-        self.history: list[tuple[str, ...]] = []  # names of the groups moved in, in order
+        self.history: list[str] = []  # names of the groups moved in, in order
 
     def park(self, *modules: nn.Module) -> None:
         """Start ``modules`` in CPU memory."""

@@ -40,6 +40,7 @@ from .config import (
 from .models.apm import AppearancePreservationModule
 from .models.cam import ConditionalAttentionModule, check_frame_encoder_matches
 from .models.encoders import ImageEncoder, TextEncoder
+from .models.unet import size_step, vae_factor
 from .models.weights import (
     WEIGHTS_NAME,
     load_diffusers,
@@ -252,7 +253,7 @@ class StreamingT2VPipeline:
 
     @property
     def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return vae_factor(self.vae)
 
     @property
     def frame_size(self) -> tuple[int, int]:
@@ -260,14 +261,9 @@ class StreamingT2VPipeline:
         size = self.unet.config.sample_size * self.vae_scale_factor
         return size, size
 
-    @property
-    def size_multiple(self) -> int:
-        """Frame sides must be multiples of this: the VAE's factor times the UNet's halvings."""
-        return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
-
-    def check_size(self, size: tuple[int, int]) -> tuple[int, int]:
-        """A (height, width) the models can make, or a UsageError naming the bad side."""
-        m = self.size_multiple
+    def check_size(self, size: tuple[int, int]) -> None:
+        """A UsageError naming the bad side unless the models can make (height, width)."""
+        m = size_step(self.unet, self.vae)
         for name, value in zip(("height", "width"), size, strict=True):
             if value % m:
                 below, above = max(m, value // m * m), (value // m + 1) * m
@@ -275,7 +271,6 @@ class StreamingT2VPipeline:
                     f"{name} {value} is not a multiple of {m} (the VAE's {self.vae_scale_factor}x "
                     f"times the UNet's downsampling); try {below} or {above}"
                 )
-        return size
 
     def latent_shape(self, frames: int, size: tuple[int, int] | None = None) -> tuple[int, ...]:
         height, width = size or self.frame_size
@@ -335,7 +330,7 @@ class StreamingT2VPipeline:
         method: str = "streamingt2v",
     ) -> Request:
         """A validated Request; unset settings take the model's defaults (size included: any
-        height and width that are multiples of ``size_multiple``)."""
+        height and width that are multiples of ``models.unet.size_step``)."""
         defaults = self.config.sample
         sample_config = SampleConfig(
             steps=defaults.steps if steps is None else steps,

@@ -56,23 +56,6 @@ class Plan:
     def seconds(self) -> float:
         return sum(s.total for s in self.stages)
 
-    def to_dict(self) -> dict:
-        return {
-            "frames": self.frames,
-            "chunks": self.chunks,
-            "size": list(self.size),
-            "device": self.device,
-            "dtype": self.dtype,
-            "stages": [
-                {"name": s.name, "count": s.count, "seconds_each": round(s.seconds, 4)}
-                for s in self.stages
-            ],
-            "predicted_seconds": round(self.seconds, 1),
-            "weights_bytes": self.weights_bytes,
-            "peak_device_bytes": self.peak_device_bytes,
-            "peak_ram_bytes": self.peak_ram_bytes,
-        }
-
 
 def _peak_rss_bytes() -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -122,6 +105,7 @@ def make_plan(pipe, request: Request, enhancer=None, enhance: EnhanceConfig | No
     latents = torch.randn(pipe.latent_shape(stream_cfg.chunk_frames, request.size))
     latents = latents.to(device=device, dtype=pipe.dtype)
     t = torch.tensor(500, device=device)
+    pipe.use_base()  # with --offload, each UNet group is measured on the device, as it runs
     base = text_denoiser(pipe.unet, context, request.sample.guidance)
     plan.stages.append(
         Stage("first chunk: UNet step", steps, _timed(lambda: base(latents, t), device))
@@ -133,6 +117,7 @@ def make_plan(pipe, request: Request, enhancer=None, enhance: EnhanceConfig | No
         height, width = request.size
         frames = torch.zeros(1, 3, stream_cfg.cond_frames, height, width, device=device)
         embeds = pipe.encode_anchor(frames[:, :, 0].to(pipe.dtype))
+        pipe.use_streaming()
         denoise = stream_denoiser(
             pipe.stream_unet,
             pipe.cam,
@@ -166,6 +151,7 @@ def _enhancer_stages(enhancer, cfg: EnhanceConfig, request: Request, device) -> 
     context = enhancer.text_encoder([request.sample.negative_prompt, request.prompt])
     denoise = text_denoiser(enhancer.unet, context.to(enhancer.unet.dtype), cfg.guidance)
     t = torch.tensor(500, device=device)
+    enhancer.use_unet()
     step = _timed(lambda: denoise(x, t), device)
     frame = x[0, :, 0]
     decode = _timed(lambda: enhancer._decode(frame), device)

@@ -36,8 +36,7 @@ if TYPE_CHECKING:
 
 
 # The method and the inference-time baselines and ablations it is compared with (the
-# evaluation issue): every chunk from text alone; the streaming chunks without the APM's
-# anchor tokens; without the CAM's conditioning on the previous chunk.
+# evaluation issue), each described by its value.
 METHODS = {
     "streamingt2v": "CAM + APM (the paper's method)",
     "independent": "every chunk from the base model and the text alone (hard cuts expected)",

@@ -35,6 +35,16 @@ class UNetFeatures:
 Merge = Callable[[UNetFeatures], UNetFeatures]
 
 
+def vae_factor(vae) -> int:
+    """How many pixels one latent stands for along a side: 2 per VAE halving."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def size_step(unet: UNet3DConditionModel, vae) -> int:
+    """Frame sides must be multiples of this: the VAE's factor times the UNet's halvings."""
+    return vae_factor(vae) * 2 ** (len(unet.config.block_out_channels) - 1)
+
+
 def _time_embedding(unet: nn.Module, timestep: torch.Tensor | float | int, batch: int, dtype):
     if not torch.is_tensor(timestep):
         timestep = torch.tensor([timestep], dtype=torch.int64)
