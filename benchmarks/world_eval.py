@@ -7,6 +7,11 @@ fixed seed) and measures it with the model-free world checks and PySceneDetect:
         --prompts 50 --frames 240 --long-frames 1200 --long-prompts 3 --out docs/eval
 
 Writes ``OUT/world_eval.json`` (every video's figures) and prints the gates.
+
+    python benchmarks/world_eval.py --summarize docs/eval/v1/world_eval.json --first 12
+
+re-summarizes a saved run over its first N videos (same prompts and seeds as a shorter run,
+so two models compare on the same videos) without generating anything.
 """
 
 from __future__ import annotations
@@ -51,7 +56,9 @@ def run_one(pipe, prompt: str, frames: int, seed: int, settings: dict) -> tuple[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--model", type=Path, help="the pipeline folder to evaluate")
+    parser.add_argument("--summarize", type=Path, help="a saved world_eval.json to re-summarize")
+    parser.add_argument("--first", type=int, default=None, help="with --summarize: N videos")
     parser.add_argument("--prompts", type=int, default=50)
     parser.add_argument("--frames", type=int, default=240)
     parser.add_argument("--long-prompts", type=int, default=3)
@@ -68,6 +75,13 @@ def main() -> None:
         "--text-table", type=Path, help="a PromptTable in place of the model's text encoder"
     )
     args = parser.parse_args()
+    if args.summarize:
+        saved = json.loads(args.summarize.read_text())
+        rows = saved["videos"][: args.first]
+        print(json.dumps(summarize(rows, saved["long"]), indent=2))
+        return
+    if args.model is None:
+        parser.error("--model is required (or --summarize FILE)")
     table = PromptTable.load(args.text_table) if args.text_table else None
     pipe = StreamingT2VPipeline.from_pretrained(args.model, args.device, text_encoder=table)
     settings = {k: v for k, v in (("steps", args.steps), ("scheduler", args.scheduler)) if v}

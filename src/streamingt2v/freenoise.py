@@ -12,6 +12,11 @@ Two parts, both on the base text-to-video UNet alone:
    window's centre. A video no longer than one window is plain attention.
 
 Memory grows with the video's length (all latents are denoised together), unlike streaming.
+
+Written from the FreeNoise paper's description, not from its code: the exact shuffle (blocks
+of ``stride`` frames taken from one window earlier) and the fusion weights (1 / (1 + distance
+to the window's centre)) are this implementation's choices; figures made with it are
+"FreeNoise as implemented here".
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ def rescheduled_noise(
 
 
 def _weights(window: int) -> torch.Tensor:
-    """Fusion weights over a window's frames: highest at the centre (FreeNoise's choice)."""
+    """Fusion weights over a window's frames: highest at the centre (our choice; see above)."""
     centre = (window - 1) / 2
     return 1.0 / (1.0 + (torch.arange(window) - centre).abs())
 
