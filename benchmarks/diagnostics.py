@@ -5,6 +5,7 @@
     python benchmarks/diagnostics.py x0 --unet DIR [--schedule S] [--prediction P]
     python benchmarks/diagnostics.py cam --model DIR  # does the CAM use its frames?
     python benchmarks/diagnostics.py readme --model DIR  # the shipping test's figures
+    python benchmarks/diagnostics.py chunks --model DIR  # first chunk vs streaming chunks
 
 ``scuts``: 8 pairs of world videos with the same background, cut at frame 24, and the
 uncut first videos, counted by AdaptiveDetector at several ``min_content_val`` floors.
@@ -183,9 +184,41 @@ def readme_prompt(model_dir: Path, frames: int = 48) -> None:
         )
 
 
+def chunk_quality(model_dir: Path, prompts: int = 8, frames: int = 48) -> None:
+    """Is the first chunk (the base) or the streaming stage the weak part? Colour and
+    background right in the first chunk and in the streaming frames, over the first
+    ``prompts`` evaluation prompts (benchmarks/world_eval.py's, seed 0 each)."""
+    from world_eval import eval_prompts
+
+    from streamingt2v import StreamingT2VPipeline
+    from streamingt2v.metrics.world_checks import read_frame
+    from streamingt2v.world.render import parse_caption
+
+    pipe = StreamingT2VPipeline.from_pretrained(model_dir)
+    first = np.zeros(2)
+    later = np.zeros(2)
+    for prompt in eval_prompts(prompts, 0):
+        words = parse_caption(prompt)
+        video = pipe(prompt, frames, seed=0).frames
+        right = np.array(
+            [
+                (r.background == words["background"], r.colour == words["colour"])
+                for r in map(read_frame, video)
+            ]
+        )
+        first += right[:16].sum(0)
+        later += right[16:].sum(0)
+        print(f"{prompt}: first chunk bg/colour {right[:16].mean(0)}, later {right[16:].mean(0)}")
+    n_first, n_later = 16 * prompts, (frames - 16) * prompts
+    print(
+        f"first chunk: background {first[0] / n_first:.1%}, colour {first[1] / n_first:.1%}; "
+        f"streaming frames: background {later[0] / n_later:.1%}, colour {later[1] / n_later:.1%}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["scuts", "vae", "x0", "cam", "readme"])
+    parser.add_argument("what", choices=["scuts", "vae", "x0", "cam", "readme", "chunks"])
     parser.add_argument("--model", type=Path, default=Path("src/streamingt2v/default_model"))
     parser.add_argument("--vae", type=Path, default=Path("runs/default/vae_sharp/final"))
     parser.add_argument("--unet", type=Path, default=Path("runs/default/base/final"))
@@ -202,6 +235,8 @@ def main() -> None:
         cam_use(args.model)
     elif args.what == "readme":
         readme_prompt(args.model)
+    elif args.what == "chunks":
+        chunk_quality(args.model)
     else:
         x0_error(args.vae, args.unet, args.schedule, args.prediction)
 

@@ -117,6 +117,21 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(stage, inputs, tmp_path):
     assert after < before, (before, after)
 
 
+def test_object_weight_weighs_the_latent_cells_the_object_touches(inputs, tmp_path):
+    cfg = _cfg("base", tmp_path, model=UNET, inputs={"vae": inputs["vae"]})
+    s = build_stage(cfg, torch.device("cpu"))
+    video = -torch.ones(1, 3, 2, SIZE, SIZE)  # black, latent cells of 2x2 pixels
+    video[0, 0, 1, 4:6, 10:12] = 1.0  # a red object in frame 1, inside latent cell (2, 5)
+    pred, target = torch.zeros(1, 4, 2, SIZE // 2, SIZE // 2), torch.zeros(1, 4, 2, 8, 8)
+    pred[0, :, 1, 2, 5] = 1.0  # an error only where the object is
+    assert s.weighted_mse(pred, target, video) == pytest.approx(4 / (4 * 128))  # plain MSE
+    s.object_weight = 9.0
+    # weights: 127 cells of 1 and one of 10; the error sits in the heavy cell
+    assert s.weighted_mse(pred, target, video) == pytest.approx(10 * 4 / (4 * (127 + 10)))
+    pred[0, :, 1, 2, 5], pred[0, :, 0, 2, 5] = 0.0, 1.0  # same error, where there is no object
+    assert s.weighted_mse(pred, target, video) == pytest.approx(4 / (4 * (127 + 10)))
+
+
 def test_stream_stage_trains_the_official_parameter_set(inputs, tmp_path):
     s = build_stage(_configs(inputs, tmp_path)["stream"], torch.device("cpu"))
     names = list(trainable(s.module))

@@ -238,6 +238,9 @@ class LatentVideoStage(Stage):
         self.drop_text = cfg.options.get("drop_text", 0.1)  # classifier-free guidance training
         # The enhancer only ever denoises from its SDEdit strength down: train where it works.
         self.max_timestep = cfg.options.get("max_timestep", self.noise.config.num_train_timesteps)
+        # The object covers 2-4 of a frame's 64 latent cells: unweighted, the loss is almost
+        # all background and the object's colour is learnt last (as in the VAE stage).
+        self.object_weight = cfg.options.get("object_weight", 0.0)
 
     @torch.no_grad()
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
@@ -260,6 +263,17 @@ class LatentVideoStage(Stage):
         if self.noise.config.prediction_type == "v_prediction":
             target = self.noise.get_velocity(z0, eps, t)
         return self.noise.add_noise(z0, eps, t), target, t
+
+    def weighted_mse(self, pred: torch.Tensor, target: torch.Tensor, video) -> torch.Tensor:
+        """MSE over (B, C, F, h, w), each latent cell that the object touches in the (B, 3,
+        F, H, W) ``video`` weighted 1 + ``options.object_weight``."""
+        if not self.object_weight:
+            return nn.functional.mse_loss(pred, target)
+        frames = video.permute(0, 2, 1, 3, 4).flatten(0, 1).to(self.device)  # (B*F, 3, H, W)
+        touched = nn.functional.adaptive_max_pool2d(object_mask(frames), pred.shape[-2:])
+        weight = 1 + self.object_weight * touched.unflatten(0, (len(video), -1))  # (B,F,1,h,w)
+        weight = weight.permute(0, 2, 1, 3, 4)  # (B, 1, F, h, w)
+        return ((pred - target) ** 2 * weight).sum() / (weight.sum() * pred.shape[1])
 
     def pipeline(self, unet, **streaming) -> StreamingT2VPipeline:
         config = PipelineConfig(
@@ -285,7 +299,7 @@ class BaseStage(LatentVideoStage):
         z0 = self.encode_video(batch["video"])
         x, target, t = self.noised(z0, g)
         pred = unet_forward(self.module, x, t, self.context(batch["caption"], g))
-        return nn.functional.mse_loss(pred, target)
+        return self.weighted_mse(pred, target, batch["video"])
 
     @torch.no_grad()
     def export(self, folder: Path) -> dict[str, Any]:
@@ -391,7 +405,7 @@ class StreamStage(LatentVideoStage):
             embeds.to(self.base.dtype),
             features,
         )
-        return nn.functional.mse_loss(model(x, t), target)
+        return self.weighted_mse(model(x, t), target, video)
 
     @torch.no_grad()
     def export(self, folder: Path) -> dict[str, Any]:
