@@ -35,9 +35,11 @@ STAGES = (
     "base_h200",
     "base",
     "base_v2",
+    "base_v3",
     "stream_h200",
     "stream",
     "stream_v2",
+    "stream_v3",
     "enhancer",
 )
 

@@ -9,8 +9,9 @@ import torch
 
 from streamingt2v.models.apm import spatial_cross_attention_names
 from streamingt2v.models.unet import encode, skip_channels, unet_forward
+from streamingt2v.pipeline import StreamingT2VPipeline
 from streamingt2v.random_models import SCALES, make_unet, perturb_, random_pipeline
-from streamingt2v.sampling import stream_denoiser, text_denoiser
+from streamingt2v.sampling import stream_denoiser, stream_model, text_denoiser
 
 
 def _inputs(pipe, frames=16, seed=0):
@@ -97,6 +98,60 @@ def test_cam_features_use_only_conditioning_positions(tiny_pipe):
     y[:, :, fc:] += 1
     b = pipe.cam.features(y[:, :, :fc], 100, context, feats)
     assert torch.equal(a.mid, b.mid)
+
+
+def _model_eps(pipe, x, t, context, cond, embeds):
+    """The streaming model's prediction through ``stream_model`` (any CAM merge)."""
+    feats = pipe.cam.embed_frames(cond)
+    return stream_model(pipe.stream_unet, pipe.cam, pipe.apm, context, embeds, feats)(x, t)
+
+
+@pytest.mark.parametrize("merge", ["add", "concat"])
+@torch.no_grad()
+def test_baseline_conditioning_starts_as_the_base_and_then_uses_its_frames(merge):
+    """Add-Cond and Conc-Cond (the paper's ablation baselines): zero-initialized like the CAM,
+    and once trained the conditioning frames change the prediction."""
+    pipe = random_pipeline("tiny", seed=6, cam_merge=merge)
+    x, context, cond, embeds = _inputs(pipe)
+    base = pipe.unet(x, 321, context).sample
+    assert torch.equal(_model_eps(pipe, x, 321, context, cond, embeds), base)
+    perturb_(pipe.cam, seed=7)
+    eps = _model_eps(pipe, x, 321, context, cond, embeds)
+    assert not torch.allclose(eps, base)
+    assert not torch.allclose(eps, _model_eps(pipe, x, 321, context, -cond, embeds))
+
+
+@torch.no_grad()
+def test_add_cond_trunk_sees_the_whole_chunk():
+    """Unlike the CAM, Add-Cond's ControlNet runs on all positions (zero features after the
+    conditioning frames), so later noisy latents change its features."""
+    pipe = random_pipeline("tiny", seed=8, cam_merge="add")
+    perturb_(pipe.cam, seed=9)
+    x, context, cond, _ = _inputs(pipe)
+    feats = pipe.cam.embed_frames(cond)
+    a = pipe.cam.features(x, 100, context, feats)
+    y = x.clone()
+    y[:, :, cond.shape[2] :] += 1
+    assert not torch.allclose(a.mid, pipe.cam.features(y, 100, context, feats).mid)
+
+
+def test_conc_cond_is_the_frame_encoder_alone():
+    pipe = random_pipeline("tiny", seed=10, cam_merge="concat")
+    names = {name.split(".")[0] for name, _ in pipe.cam.named_parameters()}
+    assert names == {"controlnet_cond_embedding"}
+
+
+@pytest.mark.parametrize("merge", ["add", "concat"])
+@torch.no_grad()
+def test_baseline_conditioning_survives_save_and_load(merge, tmp_path):
+    pipe = random_pipeline("tiny", seed=11, cam_merge=merge)
+    perturb_(pipe.cam, seed=12)
+    pipe.save_pretrained(tmp_path)
+    loaded = StreamingT2VPipeline.from_pretrained(tmp_path)
+    assert loaded.cam.config.merge == merge
+    x, context, cond, embeds = _inputs(pipe)
+    expected = _model_eps(pipe, x, 321, context, cond, embeds)
+    assert torch.equal(_model_eps(loaded, x, 321, context, cond, embeds), expected)
 
 
 @torch.no_grad()

@@ -81,25 +81,34 @@ def inputs(tmp_path_factory):
     }
 
 
+def _stream_cfg(inputs, out, merge="attention"):
+    return _cfg(
+        "stream",
+        out,
+        inputs=inputs,
+        model={
+            "cam": {"cond_embedding_channels": [8, 16], "merge": merge},
+            "apm": {"resampler_hidden_dim": 32, "image_tokens": 4},
+        },
+        options={"max_start": 40},
+    )
+
+
 def _configs(inputs, out):
     return {
         "vae": _cfg("vae", out, model=VAE),
         "image-encoder": _cfg("image-encoder", out, model=TOWER),
         "base": _cfg("base", out, model=UNET, inputs={"vae": inputs["vae"]}),
-        "stream": _cfg(
-            "stream",
-            out,
-            inputs=inputs,
-            model={
-                "cam": {"cond_embedding_channels": [8, 16]},
-                "apm": {"resampler_hidden_dim": 32, "image_tokens": 4},
-            },
-            options={"max_start": 40},
-        ),
+        "stream": _stream_cfg(inputs, out),
+        # the paper's ablation baselines Add-Cond and Conc-Cond, trained by the same stage
+        "stream add-cond": _stream_cfg(inputs, out, merge="add"),
+        "stream conc-cond": _stream_cfg(inputs, out, merge="concat"),
     }
 
 
-@pytest.mark.parametrize("stage", ["vae", "image-encoder", "base", "stream"])
+@pytest.mark.parametrize(
+    "stage", ["vae", "image-encoder", "base", "stream", "stream add-cond", "stream conc-cond"]
+)
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch(stage, inputs, tmp_path):
     torch.manual_seed(0)
     s = build_stage(_configs(inputs, tmp_path)[stage], torch.device("cpu"))

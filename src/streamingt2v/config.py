@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 VIDEO_LAYOUT = "BCFHW"
 
 SCHEDULERS = ("ddim", "dpm")
+CAM_MERGES = ("attention", "add", "concat")
 
 
 class UsageError(ValueError):
@@ -43,6 +44,15 @@ class CamConfig:
     # GroupNorm groups before proj_in in each merger (official: 32, eps 1e-6).
     merger_norm_groups: int = 32
     merger_norm_eps: float = 1e-6
+    # How E_cond's features of the conditioning frames reach the streaming UNet: "attention"
+    # (the CAM, paper and official code) or the paper's ablation baselines "add" (Add-Cond:
+    # ControlNet with masking and zero-convolution addition) and "concat" (Conc-Cond: the
+    # features join the UNet's input channels). See models/cam.py.
+    merge: str = "attention"
+
+    def __post_init__(self):
+        if self.merge not in CAM_MERGES:
+            raise ModelLoadError(f"unknown CAM merge {self.merge!r}; choose one of {CAM_MERGES}")
 
     @classmethod
     def for_vae(cls, vae_scale_factor: int) -> CamConfig:

@@ -160,9 +160,10 @@ def make_image_encoder(scale: Scale, image_size: int = 32) -> ImageEncoder:
 
 
 def random_pipeline(
-    scale: str = "tiny", seed: int = 0, streaming: bool = True
+    scale: str = "tiny", seed: int = 0, streaming: bool = True, cam_merge: str = "attention"
 ) -> StreamingT2VPipeline:
-    """A pipeline with random weights; ``streaming`` adds an untrained CAM and APM."""
+    """A pipeline with random weights; ``streaming`` adds an untrained CAM (merging as
+    ``cam_merge``) and APM."""
     s = SCALES[scale]
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as tmp:
@@ -180,7 +181,11 @@ def random_pipeline(
         text_tokens=s.text_tokens,
         cross_attention_dim=s.text_dim,
     )
-    cam = CamConfig(cond_embedding_channels=s.cond_embedding, merger_head_dim=max(16, s.head_dim))
+    cam = CamConfig(
+        cond_embedding_channels=s.cond_embedding,
+        merger_head_dim=max(16, s.head_dim),
+        merge=cam_merge,
+    )
     return pipe.add_streaming_modules(make_image_encoder(s), cam, apm)
 
 

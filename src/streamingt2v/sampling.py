@@ -70,14 +70,8 @@ def stream_model(
     full_context = context if apm is None else apm.extend_context(context, image_embeds)
     if cam is None:
         return lambda x, t: unet_forward(unet, x, t, full_context)
-    cond_count = frame_features.shape[0] // context.shape[0]
-
-    def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        # The CAM trunk sees the conditioning positions' noisy latents and text tokens only.
-        cam_feats = cam.features(x[:, :, :cond_count], t, context, frame_features)
-        return unet_forward(unet, x, t, full_context, merge=lambda f: cam.merge(f, cam_feats))
-
-    return model
+    # The CAM trunk sees text tokens only (official).
+    return lambda x, t: cam.predict(unet, x, t, context, full_context, frame_features)
 
 
 def stream_denoiser(

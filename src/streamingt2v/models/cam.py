@@ -13,12 +13,24 @@ Three parts, as in the official code:
    GroupNorm's statistics are taken over the whole chunk (channels of a group x F x H x W).
    ``proj_out`` is zero-initialized, so an untrained CAM leaves the base output unchanged to
    the bit (tested).
+
+The paper's ablation baselines (Sec. 5.3) are the same module with another ``merge``; all
+three share E_cond, so they differ only in how its features reach the UNet:
+- ``add`` (Add-Cond, ControlNet with masking): the trunk runs on all F positions of the chunk,
+  E_cond's features at the conditioning positions and zeros elsewhere; every skip and the
+  mid-block output get the trunk's feature of the same frame through a zero-initialized 1x1
+  convolution, added.
+- ``concat`` (Conc-Cond): no trunk and no mergers; E_cond's features (zeros at the positions
+  to generate) are added to the UNet's ``conv_in`` output, which is a concatenation to the
+  input channels, ``conv_in`` being linear. E_cond's zero-initialized output keeps the base
+  unchanged at the start, as for the other two.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from functools import partial
 from typing import Any
 
 import torch
@@ -27,7 +39,7 @@ from diffusers.models.attention_processor import Attention
 from torch import nn
 
 from ..config import CamConfig, ModelLoadError
-from .unet import UNetFeatures, encode, skip_channels, with_skips
+from .unet import UNetFeatures, encode, skip_channels, unet_forward, with_skips
 
 # The modules of the base UNet that form the CAM trunk, named as in diffusers so that the same
 # ``encode`` runs on both, and so that the official ``unet.*`` keys map one to one.
@@ -105,6 +117,26 @@ class SkipMerger(nn.Module):
         return skip + out
 
 
+class AddMerger(nn.Module):
+    """Add-Cond's merge: the CAM feature of the same frame through a zero 1x1 convolution."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = zero_(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, skip: torch.Tensor, cam: torch.Tensor, batch: int) -> torch.Tensor:
+        """skip, cam: (B*F, C, H, W)."""
+        return skip + self.conv(cam)
+
+
+def pad_frames(features: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
+    """(B*F_cond, C, h, w) conditioning features -> (B*F, C, h, w), zeros after F_cond."""
+    per_clip = features.unflatten(0, (batch, -1))  # (B, F_cond, C, h, w)
+    missing = frames - per_clip.shape[1]
+    zeros = per_clip.new_zeros(batch, missing, *per_clip.shape[2:])
+    return torch.cat([per_clip, zeros], dim=1).flatten(0, 1)
+
+
 class ConditionalAttentionModule(nn.Module):
     """E_cond + the trainable encoder copy + one merger per skip connection and the mid block."""
 
@@ -122,17 +154,19 @@ class ConditionalAttentionModule(nn.Module):
         super().__init__()
         self.config = config or CamConfig()
         self.unet_config = dict(unet_config)
-        trunk = trunk if trunk is not None else UNet3DConditionModel.from_config(self.unet_config)
-        for name in (*TRUNK_MODULES, "mid_block"):
-            setattr(self, name, getattr(trunk, name))
         widths = list(self.unet_config["block_out_channels"])
         self.controlnet_cond_embedding = FrameEncoder(
             self.config.cond_embedding_channels, widths[0]
         )
-        self.down_mergers = nn.ModuleList(
-            SkipMerger(c, self.config) for c in skip_channels(self.unet_config)
-        )
-        self.mid_merger = SkipMerger(widths[-1], self.config)
+        if self.config.merge == "concat":
+            return
+        trunk = trunk if trunk is not None else UNet3DConditionModel.from_config(self.unet_config)
+        for name in (*TRUNK_MODULES, "mid_block"):
+            setattr(self, name, getattr(trunk, name))
+        attention = partial(SkipMerger, config=self.config)
+        merger = AddMerger if self.config.merge == "add" else attention
+        self.down_mergers = nn.ModuleList(merger(c) for c in skip_channels(self.unet_config))
+        self.mid_merger = merger(widths[-1])
 
     @classmethod
     def from_unet(
@@ -140,8 +174,9 @@ class ConditionalAttentionModule(nn.Module):
     ) -> ConditionalAttentionModule:
         """A CAM whose trunk starts as a copy of ``unet``'s encoder half (ControlNet init)."""
         trunk = nn.Module()
-        for name in (*TRUNK_MODULES, "mid_block"):
-            setattr(trunk, name, copy.deepcopy(getattr(unet, name)))
+        if config is None or config.merge != "concat":
+            for name in (*TRUNK_MODULES, "mid_block"):
+                setattr(trunk, name, copy.deepcopy(getattr(unet, name)))
         cam = cls(dict(unet.config), config, trunk=trunk)
         return cam.to(device=unet.conv_in.weight.device, dtype=unet.conv_in.weight.dtype)
 
@@ -161,13 +196,39 @@ class ConditionalAttentionModule(nn.Module):
         context: torch.Tensor,
         frame_features: torch.Tensor,
     ) -> UNetFeatures:
-        """The trunk on the conditioning positions' noisy latents (B, C, F_cond, h, w)."""
-        expected = cond_latents.shape[0] * cond_latents.shape[2]
-        if frame_features.shape[0] != expected:
+        """The trunk on the conditioning positions' noisy latents (B, C, F_cond, h, w)
+        (``add``: on the whole chunk's, E_cond's features padded with zeros)."""
+        batch, _, frames = cond_latents.shape[:3]
+        if self.config.merge == "add":
+            frame_features = pad_frames(frame_features, batch, frames)
+        if frame_features.shape[0] != batch * frames:
             raise ValueError(
-                f"E_cond features cover {frame_features.shape[0]} frames, latents {expected}"
+                f"E_cond features cover {frame_features.shape[0]} frames, latents {batch * frames}"
             )
         return encode(self, cond_latents, timestep, context, input_residual=frame_features)
+
+    def predict(
+        self,
+        unet: UNet3DConditionModel,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        context: torch.Tensor,
+        full_context: torch.Tensor,
+        frame_features: torch.Tensor,
+    ) -> torch.Tensor:
+        """The streaming UNet's prediction for the chunk ``sample`` (B, C, F, h, w) with this
+        module's conditioning; ``context``: text tokens (the trunk's), ``full_context``: the
+        UNet's (text + APM tokens)."""
+        batch, _, frames = sample.shape[:3]
+        if self.config.merge == "concat":
+            features = pad_frames(frame_features, batch, frames)
+            return unet_forward(unet, sample, timestep, full_context, conv_in_residual=features)
+        cond_count = frame_features.shape[0] // batch
+        trunk_input = sample if self.config.merge == "add" else sample[:, :, :cond_count]
+        cam_feats = self.features(trunk_input, timestep, context, frame_features)
+        return unet_forward(
+            unet, sample, timestep, full_context, merge=lambda f: self.merge(f, cam_feats)
+        )
 
     def merge(self, base: UNetFeatures, cam: UNetFeatures) -> UNetFeatures:
         """Fuse every base skip and the mid-block output with the CAM feature of the same index."""

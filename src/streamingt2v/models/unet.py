@@ -59,12 +59,14 @@ def encode(
     timestep: torch.Tensor | float | int,
     context: torch.Tensor,
     input_residual: torch.Tensor | None = None,
+    conv_in_residual: torch.Tensor | None = None,
 ) -> UNetFeatures:
     """Run conv_in, the temporal input transformer, the down blocks and the mid block.
 
     sample: (B, C, F, H, W) noisy latents; context: (B, T, D) tokens.
     input_residual: (B*F, C_0, H, W), added after conv_in + transformer_in (the CAM's E_cond
     output enters the CAM trunk here, as in ControlNet).
+    conv_in_residual: (B*F, C_0, H, W), added right after conv_in (Conc-Cond's input channels).
     """
     batch, _, num_frames = sample.shape[:3]
     dtype = unet.conv_in.weight.dtype
@@ -74,6 +76,8 @@ def encode(
 
     h = sample.permute(0, 2, 1, 3, 4).flatten(0, 1)  # (B*F, C, H, W)
     h = unet.conv_in(h)
+    if conv_in_residual is not None:
+        h = h + conv_in_residual
     h = unet.transformer_in(h, num_frames=num_frames, return_dict=False)[0]
     if input_residual is not None:
         h = h + input_residual
@@ -123,9 +127,11 @@ def unet_forward(
     timestep: torch.Tensor | float | int,
     context: torch.Tensor,
     merge: Merge | None = None,
+    conv_in_residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The base UNet's noise prediction, with an optional rewrite of its skips in between."""
-    feats = encode(unet, sample, timestep, context)
+    """The base UNet's noise prediction, with an optional rewrite of its skips in between
+    (and an optional addition to its ``conv_in`` output, see ``encode``)."""
+    feats = encode(unet, sample, timestep, context, conv_in_residual=conv_in_residual)
     if merge is not None:
         feats = merge(feats)
     return decode(unet, feats)

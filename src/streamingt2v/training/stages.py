@@ -368,6 +368,11 @@ class StreamStage(LatentVideoStage):
         """CAM, APM and the spatial layers from ``folder``; the temporal layers stay this
         base's (they are frozen and shared with the base model)."""
         earlier = StreamingT2VPipeline.from_pretrained(folder, self.device, text_encoder=self.text)
+        if earlier.cam.config.merge != cam.config.merge:
+            raise UsageError(
+                f"{folder} conditions by {earlier.cam.config.merge!r}, "
+                f"this run by {cam.config.merge!r}: it cannot continue it"
+            )
         spatial = {k: v for k, v in earlier.stream_unet.state_dict().items() if not is_temporal(k)}
         missing, unexpected = unet.load_state_dict(spatial, strict=False)
         if unexpected or any(not is_temporal(k) for k in missing):
