@@ -4,7 +4,10 @@
         --prompts 50 --frames 240 --long-prompts 5 --long-frames 600 --out docs/results
 
 Methods (``streamingt2v.streaming.METHODS``): the method itself, ``independent`` chunks,
-``no-cam``, ``no-apm`` and ``freenoise``, all on the same base model. Every video is measured
+``no-cam``, ``no-apm`` and ``freenoise``, all on the same base model; ``--trained NAME=DIR``
+adds a pipeline trained with another conditioning (the paper's ``conc-cond`` and
+``add-cond``, ``model.cam.merge`` in the stream stage's config), run as the method on its
+own weights under NAME. Every video is measured
 by ``streamingt2v.evaluate.evaluate_video`` (MAWE with OpenCV's DIS flow at ``--mawe-size``,
 SCuts, CLIP score with the model's own encoders, the world checks). Writes
 ``OUT/results.json`` (every video), ``OUT/results.md`` (the tables, the command, the machine)
@@ -114,6 +117,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument(
+        "--trained",
+        nargs="+",
+        default=[],
+        metavar="NAME=DIR",
+        help="trained baselines, e.g. conc-cond=runs/conc_cond/final",
+    )
     parser.add_argument("--prompts", type=int, default=50)
     parser.add_argument("--frames", type=int, default=240)
     parser.add_argument("--long-prompts", type=int, default=5)
@@ -130,28 +140,36 @@ def main(argv: list[str] | None = None) -> None:
         args.prompts, args.frames, args.steps = 2, 40, 4
         args.long_prompts, args.long_frames, args.mawe_size = 1, 56, 64
     pipe = StreamingT2VPipeline.from_pretrained(args.model)
+    # (name in the tables, pipeline, method): the methods on the model, then trained baselines
+    runs = [(method, pipe, method) for method in args.methods]
+    for spec in args.trained:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name or not folder:
+            parser.error(f"--trained takes NAME=DIR, got {spec!r}")
+        runs.append((name, StreamingT2VPipeline.from_pretrained(Path(folder)), "streamingt2v"))
+    names = [name for name, _, _ in runs]
     clip = None if args.no_clip else ClipPair.from_pipeline(args.clip or args.model)
     settings = {"steps": args.steps} if args.steps else {}
     args.out.mkdir(parents=True, exist_ok=True)
-    rows: dict[str, list[dict]] = {m: [] for m in args.methods}
-    long_rows: dict[str, list[dict]] = {m: [] for m in args.methods}
-    slices, seconds = {}, {m: 0.0 for m in args.methods}
+    rows: dict[str, list[dict]] = {m: [] for m in names}
+    long_rows: dict[str, list[dict]] = {m: [] for m in names}
+    slices, seconds = {}, {m: 0.0 for m in names}
     prompts = eval_prompts(args.prompts, args.seed)
     long_prompts = eval_prompts(args.long_prompts, args.seed + 1)
-    for method in args.methods:
+    for name, model, method in runs:
         for i, prompt in enumerate(prompts):
             started = time.perf_counter()
-            video = pipe(prompt, args.frames, seed=i, method=method, **settings).frames
-            seconds[method] += time.perf_counter() - started
-            rows[method].append(
+            video = model(prompt, args.frames, seed=i, method=method, **settings).frames
+            seconds[name] += time.perf_counter() - started
+            rows[name].append(
                 {"prompt": prompt, "seed": i} | measure(video, prompt, clip, args.mawe_size)
             )
             if i == 0:
-                slices[method] = xt_slice(video)
-            print(json.dumps({"method": method, **rows[method][-1]}, default=str), flush=True)
+                slices[name] = xt_slice(video)
+            print(json.dumps({"method": name, **rows[name][-1]}, default=str), flush=True)
         for i, prompt in enumerate(long_prompts):
-            video = pipe(prompt, args.long_frames, seed=1000 + i, method=method, **settings).frames
-            long_rows[method].append(
+            video = model(prompt, args.long_frames, seed=1000 + i, method=method, **settings).frames
+            long_rows[name].append(
                 {"prompt": prompt, "seed": 1000 + i} | measure(video, prompt, clip, args.mawe_size)
             )
     summary = {
@@ -162,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
             "long_colour_drift_last": mean_of(long_rows[m], "colour_drift_last"),
             "long_colour": mean_of(long_rows[m], "colour"),
         }
-        for m in args.methods
+        for m in names
     }
     xt_figure(slices, args.out / "xt_slices.png")
     command = "python benchmarks/paper_tables.py " + " ".join(
@@ -195,11 +213,11 @@ def main(argv: list[str] | None = None) -> None:
         "",
         "## Table 1 analogue",
         "",
-        *table(summary, args.methods, COLUMNS),
+        *table(summary, names, COLUMNS),
         "",
         "## Long videos: appearance over time (APM ablation)",
         "",
-        *table(summary, args.methods, long_keys),
+        *table(summary, names, long_keys),
         "",
         f"XT slices of prompt 0 (`{prompts[0]}`), one column per method: ![](xt_slices.png)",
         "",
