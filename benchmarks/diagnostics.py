@@ -6,6 +6,7 @@
     python benchmarks/diagnostics.py cam --model DIR  # does the CAM use its frames?
     python benchmarks/diagnostics.py readme --model DIR  # the shipping test's figures
     python benchmarks/diagnostics.py chunks --model DIR  # first chunk vs streaming chunks
+    python benchmarks/diagnostics.py side-by-side --model DIR --out PNG  # generated vs rendered
 
 ``scuts``: 8 pairs of world videos with the same background, cut at frame 24, and the
 uncut first videos, counted by AdaptiveDetector at several ``min_content_val`` floors.
@@ -216,9 +217,35 @@ def chunk_quality(model_dir: Path, prompts: int = 8, frames: int = 48) -> None:
     )
 
 
+def side_by_side(model_dir: Path, out: Path, prompts: int = 4, frames: int = 32) -> None:
+    """A picture: for the first ``prompts`` evaluation prompts, every 4th frame of a
+    generated video (seed 0) above a rendered video of the same caption (start position and
+    speed differ: the caption does not fix them), each frame scaled 4x."""
+    from PIL import Image
+    from world_eval import eval_prompts
+
+    from streamingt2v import StreamingT2VPipeline
+    from streamingt2v.world.render import parse_caption, render, rng_for, sample_params
+
+    pipe = StreamingT2VPipeline.from_pretrained(model_dir)
+    rng = rng_for("side-by-side", 0)
+    rows = []
+    for prompt in eval_prompts(prompts, 0):
+        video = pipe(prompt, frames, seed=0).frames[::4]
+        truth = render(sample_params(rng, **parse_caption(prompt)), frames, size=video.shape[1])
+        truth = truth[::4]
+        rows += [np.concatenate(list(video), 1), np.concatenate(list(truth), 1)]
+    picture = np.concatenate(rows, 0)
+    height, width = picture.shape[:2]
+    Image.fromarray(picture).resize((width * 4, height * 4), Image.NEAREST).save(out)
+    print(f"wrote {out}: rows alternate generated / rendered, prompts {eval_prompts(prompts, 0)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["scuts", "vae", "x0", "cam", "readme", "chunks"])
+    parser.add_argument(
+        "what", choices=["scuts", "vae", "x0", "cam", "readme", "chunks", "side-by-side"]
+    )
     parser.add_argument("--model", type=Path, default=Path("src/streamingt2v/default_model"))
     parser.add_argument("--vae", type=Path, default=Path("runs/default/vae_sharp/final"))
     parser.add_argument("--unet", type=Path, default=Path("runs/default/base/final"))
@@ -226,6 +253,7 @@ def main() -> None:
     parser.add_argument(
         "--prediction", choices=["epsilon", "v_prediction"], help="what the UNet predicts"
     )
+    parser.add_argument("--out", type=Path, default=Path("side_by_side.png"))
     args = parser.parse_args()
     if args.what == "scuts":
         scuts()
@@ -237,6 +265,8 @@ def main() -> None:
         readme_prompt(args.model)
     elif args.what == "chunks":
         chunk_quality(args.model)
+    elif args.what == "side-by-side":
+        side_by_side(args.model, args.out)
     else:
         x0_error(args.vae, args.unet, args.schedule, args.prediction)
 
