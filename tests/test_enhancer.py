@@ -231,17 +231,16 @@ def test_a_diffusers_video_model_enhances_at_its_trained_size(modelscope_dir, tm
 
 def test_plan_counts_the_evaluations_a_run_makes(enhanced_model_dir, tmp_path, capsys, monkeypatch):
     """--plan measures one evaluation of each kind; its counts must be the run's own."""
-    from streamingt2v import sampling
     from streamingt2v.generate import GenerateConfig, generate, plan_run
+    from streamingt2v.models import unet
 
     config = GenerateConfig("a red circle", 40, tmp_path / "v.mp4", steps=3, progress=False,
                             model=enhanced_model_dir)  # fmt: skip
     plan = plan_run(config)
     counts = {s.name: s.count for s in plan.stages}
-    calls = []
-    forward = sampling.unet_forward
-    monkeypatch.setattr(sampling, "unet_forward",
-                        lambda *a, **k: calls.append(1) or forward(*a, **k))  # fmt: skip
+    calls = []  # one UNet decoder half per evaluation (the CAM trunk has none)
+    decode = unet.decode
+    monkeypatch.setattr(unet, "decode", lambda *a, **k: calls.append(1) or decode(*a, **k))
     generate(config)
     unet_steps = [name for name in counts if "UNet" in name]
     assert len(unet_steps) == 3
