@@ -79,6 +79,23 @@ def vae_round_trip(folder: Path) -> None:
         print(f"{name}: colour {colour:.1%} background {background:.1%} shape {shape:.1%}")
 
 
+def video_latents(vae, video: torch.Tensor) -> torch.Tensor:
+    """(B, 3, F, H, W) pixels in [-1, 1] -> (B, C, F, h, w) scaled latents (posterior means)."""
+    frames = video.permute(0, 2, 1, 3, 4).flatten(0, 1)  # (B*F, 3, H, W)
+    z = vae.encode(frames).latent_dist.mean * vae.config.scaling_factor
+    return z.unflatten(0, (len(video), -1)).permute(0, 2, 1, 3, 4)
+
+
+def right_per_frame(video: np.ndarray, words: dict[str, str]) -> np.ndarray:
+    """(F, 2) booleans: each frame's background and object colour read as ``words`` say."""
+    from streamingt2v.metrics.world_checks import read_frame
+
+    readings = [read_frame(frame) for frame in video]
+    return np.array(
+        [(r.background == words["background"], r.colour == words["colour"]) for r in readings]
+    )
+
+
 def x0_error(vae_dir: Path, unet_dir: Path, schedule: str, prediction: str | None) -> None:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet3DConditionModel
 
@@ -93,9 +110,7 @@ def x0_error(vae_dir: Path, unet_dir: Path, schedule: str, prediction: str | Non
     noise = DDPMScheduler.from_config(config)
     batch = clip_batch(WorldClips(16, 32, 600, seed=99), 5, 2)
     with torch.no_grad():
-        frames = batch["video"].permute(0, 2, 1, 3, 4).flatten(0, 1)  # (B*F, 3, H, W)
-        z0 = vae.encode(frames).latent_dist.mean * vae.config.scaling_factor
-        z0 = z0.unflatten(0, (2, -1)).permute(0, 2, 1, 3, 4)  # (B, C, F, h, w)
+        z0 = video_latents(vae, batch["video"])  # (B, C, F, h, w)
         context = minilm()(batch["caption"])
         generator = torch.Generator().manual_seed(0)
         print(f"latent variance {z0.var().item():.3f}; prediction {noise.config.prediction_type}")
@@ -133,9 +148,7 @@ def cam_use(model_dir: Path) -> None:
     video = batch["video"]  # (B, 3, 16, H, W) in [-1, 1]
     fc = pipe.config.stream.cond_frames
     with torch.no_grad():
-        frames = video.permute(0, 2, 1, 3, 4).flatten(0, 1)
-        z0 = pipe.vae.encode(frames).latent_dist.mean * pipe.vae.config.scaling_factor
-        z0 = z0.unflatten(0, (len(video), -1)).permute(0, 2, 1, 3, 4)  # (B, C, F, h, w)
+        z0 = video_latents(pipe.vae, video)  # (B, C, F, h, w)
         # conditioning frames as generated ones: through the VAE and back, as in training
         cond = torch.cat([pipe.decode_latents(z0[i : i + 1, :, :fc]) for i in range(len(video))])
         context = pipe.text_encoder(batch["caption"])
@@ -165,7 +178,7 @@ def readme_prompt(model_dir: Path, frames: int = 48) -> None:
     """The shipping test's figures (tests/test_default_model.py: the README's prompt, seed 0,
     24 frames) for any model folder, and each chunk's background and colour."""
     from streamingt2v import StreamingT2VPipeline
-    from streamingt2v.metrics.world_checks import check_video, read_frame
+    from streamingt2v.metrics.world_checks import check_video
     from streamingt2v.world.render import parse_caption
 
     prompt = "a red circle moving right on a black background"
@@ -175,10 +188,9 @@ def readme_prompt(model_dir: Path, frames: int = 48) -> None:
         f"first 24 frames: background right {report.background_right:.1%} (test: >= 90%), "
         f"colour right {report.colour_right:.1%} (test: >= 80%)"
     )
+    right = right_per_frame(video, parse_caption(prompt))
     for start, stop in ((0, 16), *((s, s + 8) for s in range(16, frames, 8))):
-        readings = [read_frame(f) for f in video[start:stop]]
-        backgrounds = sum(r.background == "black" for r in readings)
-        colours = sum(r.colour == "red" for r in readings)
+        backgrounds, colours = right[start:stop].sum(0)
         print(
             f"frames {start}-{stop - 1}: black background {backgrounds}/{stop - start}, "
             f"red object {colours}/{stop - start}"
@@ -192,21 +204,13 @@ def chunk_quality(model_dir: Path, prompts: int = 8, frames: int = 48) -> None:
     from world_eval import eval_prompts
 
     from streamingt2v import StreamingT2VPipeline
-    from streamingt2v.metrics.world_checks import read_frame
     from streamingt2v.world.render import parse_caption
 
     pipe = StreamingT2VPipeline.from_pretrained(model_dir)
     first = np.zeros(2)
     later = np.zeros(2)
     for prompt in eval_prompts(prompts, 0):
-        words = parse_caption(prompt)
-        video = pipe(prompt, frames, seed=0).frames
-        right = np.array(
-            [
-                (r.background == words["background"], r.colour == words["colour"])
-                for r in map(read_frame, video)
-            ]
-        )
+        right = right_per_frame(pipe(prompt, frames, seed=0).frames, parse_caption(prompt))
         first += right[:16].sum(0)
         later += right[16:].sum(0)
         print(f"{prompt}: first chunk bg/colour {right[:16].mean(0)}, later {right[16:].mean(0)}")

@@ -15,8 +15,8 @@ from streamingt2v.config import ApmConfig, CamConfig, ModelLoadError, UsageError
 from streamingt2v.convert import convert_official
 from streamingt2v.models.apm import AppearancePreservationModule, spatial_cross_attention_names
 from streamingt2v.models.cam import ConditionalAttentionModule
-from streamingt2v.models.unet import unet_forward
 from streamingt2v.random_models import SCALES, make_image_encoder, perturb_
+from streamingt2v.sampling import stream_model
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +86,10 @@ def _stream_output(stream_unet, cam, apm, image_encoder, seed=0):
     context = torch.randn(1, 77, stream_unet.config.cross_attention_dim, generator=g)
     cond = torch.rand(1, 3, 8, 32, 32, generator=g) * 2 - 1
     anchor = torch.rand(1, 3, 32, 32, generator=g) * 2 - 1
-    features = cam.features(x[:, :, :8], 500, context, cam.embed_frames(cond))
-    full = apm.extend_context(context, image_encoder(anchor))
-    return unet_forward(stream_unet, x, 500, full, merge=lambda f: cam.merge(f, features))
+    model = stream_model(
+        stream_unet, cam, apm, context, image_encoder(anchor), cam.embed_frames(cond)
+    )
+    return model(x, 500)
 
 
 def test_converted_pipeline_equals_the_source_modules(official, modelscope_dir, tmp_path):

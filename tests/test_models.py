@@ -27,11 +27,9 @@ def _inputs(pipe, frames=16, seed=0):
 
 
 def _stream_eps(pipe, x, t, context, cond, embeds):
-    """The streaming model's conditional noise prediction (no guidance)."""
+    """The streaming model's conditional prediction (no guidance), as sampling makes it."""
     feats = pipe.cam.embed_frames(cond)
-    cam = pipe.cam.features(x[:, :, : cond.shape[2]], t, context, feats)
-    full = pipe.apm.extend_context(context, embeds)
-    return unet_forward(pipe.stream_unet, x, t, full, merge=lambda f: pipe.cam.merge(f, cam))
+    return stream_model(pipe.stream_unet, pipe.cam, pipe.apm, context, embeds, feats)(x, t)
 
 
 @torch.no_grad()
@@ -100,12 +98,6 @@ def test_cam_features_use_only_conditioning_positions(tiny_pipe):
     assert torch.equal(a.mid, b.mid)
 
 
-def _model_eps(pipe, x, t, context, cond, embeds):
-    """The streaming model's prediction through ``stream_model`` (any CAM merge)."""
-    feats = pipe.cam.embed_frames(cond)
-    return stream_model(pipe.stream_unet, pipe.cam, pipe.apm, context, embeds, feats)(x, t)
-
-
 @pytest.mark.parametrize("merge", ["add", "concat"])
 @torch.no_grad()
 def test_baseline_conditioning_starts_as_the_base_and_then_uses_its_frames(merge):
@@ -114,11 +106,11 @@ def test_baseline_conditioning_starts_as_the_base_and_then_uses_its_frames(merge
     pipe = random_pipeline("tiny", seed=6, cam_merge=merge)
     x, context, cond, embeds = _inputs(pipe)
     base = pipe.unet(x, 321, context).sample
-    assert torch.equal(_model_eps(pipe, x, 321, context, cond, embeds), base)
+    assert torch.equal(_stream_eps(pipe, x, 321, context, cond, embeds), base)
     perturb_(pipe.cam, seed=7)
-    eps = _model_eps(pipe, x, 321, context, cond, embeds)
+    eps = _stream_eps(pipe, x, 321, context, cond, embeds)
     assert not torch.allclose(eps, base)
-    assert not torch.allclose(eps, _model_eps(pipe, x, 321, context, -cond, embeds))
+    assert not torch.allclose(eps, _stream_eps(pipe, x, 321, context, -cond, embeds))
 
 
 @torch.no_grad()
@@ -150,8 +142,8 @@ def test_baseline_conditioning_survives_save_and_load(merge, tmp_path):
     loaded = StreamingT2VPipeline.from_pretrained(tmp_path)
     assert loaded.cam.config.merge == merge
     x, context, cond, embeds = _inputs(pipe)
-    expected = _model_eps(pipe, x, 321, context, cond, embeds)
-    assert torch.equal(_model_eps(loaded, x, 321, context, cond, embeds), expected)
+    expected = _stream_eps(pipe, x, 321, context, cond, embeds)
+    assert torch.equal(_stream_eps(loaded, x, 321, context, cond, embeds), expected)
 
 
 @torch.no_grad()

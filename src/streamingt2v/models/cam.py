@@ -173,8 +173,9 @@ class ConditionalAttentionModule(nn.Module):
         cls, unet: UNet3DConditionModel, config: CamConfig | None = None
     ) -> ConditionalAttentionModule:
         """A CAM whose trunk starts as a copy of ``unet``'s encoder half (ControlNet init)."""
+        config = config or CamConfig()
         trunk = nn.Module()
-        if config is None or config.merge != "concat":
+        if config.merge != "concat":  # Conc-Cond has no encoder copy
             for name in (*TRUNK_MODULES, "mid_block"):
                 setattr(trunk, name, copy.deepcopy(getattr(unet, name)))
         cam = cls(dict(unet.config), config, trunk=trunk)
