@@ -75,6 +75,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="default sampling steps")
     parser.add_argument("--scheduler", default=None, help="default scheduler (ddim or dpm)")
     parser.add_argument("--enhancer", type=Path, default=None, help="enhancer folder to ship")
+    parser.add_argument(
+        "--enhancer-guidance", type=float, default=None, help="the enhancer's default guidance"
+    )
     args = parser.parse_args()
 
     pipe = StreamingT2VPipeline.from_pretrained(args.pipeline)
@@ -89,6 +92,8 @@ def main() -> None:
         enhancer = Enhancer.from_pretrained(
             args.enhancer, vae=pipe.vae, text_encoder=pipe.text_encoder
         )
+        if args.enhancer_guidance is not None:
+            enhancer.config.defaults.guidance = args.enhancer_guidance
         enhancer.to("cpu", torch.float16).save_pretrained(tmp / "enhancer")
     card = args.out / "MODEL_CARD.md"
     if card.is_file():  # hand-written: kept across re-ships
