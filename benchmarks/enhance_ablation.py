@@ -34,7 +34,7 @@ from streamingt2v.metrics.world_checks import xt_slice
 from streamingt2v.world.render import render, rng_for, sample_params
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--videos", type=int, default=20)
@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("docs/eval/enhance_ablation"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     import torch
 

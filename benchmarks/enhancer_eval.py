@@ -69,7 +69,7 @@ def figures(video: np.ndarray, words: dict[str, str], truth: np.ndarray | None) 
     return row
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True, help="a folder with enhancer/")
     parser.add_argument("--videos", type=int, default=8, help="rendered videos")
@@ -81,12 +81,12 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=None, help="default: the folder's")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("docs/eval/enhancer"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     pipe = StreamingT2VPipeline.from_pretrained(args.model)
     enhancer = load_enhancer(args.model, torch.device("cpu"), torch.float32, pipe=pipe)
     defaults = enhancer.config.defaults
-    size = enhancer.output_size(args.size, args.size)
+    size = enhancer.output_size(args.size, args.size)  # rendered inputs' output size
     rng = rng_for("enhancer-eval", args.seed)
     inputs = []  # (kind, caption, low-resolution video, truth or None)
     for _ in range(args.videos):
@@ -109,7 +109,7 @@ def main() -> None:
         started = time.perf_counter()
         enhanced = np.stack(list(enhancer.enhance(iter(low), len(low), caption, cfg)))
         seconds.append((time.perf_counter() - started) / len(low))
-        upsampled = upsample(low, size)
+        upsampled = upsample(low, enhanced.shape[1:3])
         words = parse_caption(caption)
         row = {
             "kind": kind,

@@ -3,16 +3,19 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 from dataclasses import replace
 from itertools import pairwise
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from streamingt2v.blending import MODES
 from streamingt2v.cli import main
 from streamingt2v.enhance import EnhanceConfig
 from streamingt2v.enhancer import Enhancer
@@ -286,3 +289,23 @@ def test_offload_moves_one_unet_group_at_a_time_and_changes_nothing(
     assert history[0] == "base" and history.count("base") == 1
     assert {"streaming", "enhancer"} <= set(history)
     assert all(a != b for a, b in pairwise(history))  # a group moves in only on a change
+
+
+def test_enhancer_benchmarks_run_on_a_tiny_model(enhanced_model_dir, tmp_path, monkeypatch):
+    # benchmarks/enhancer_eval.py and enhance_ablation.py, end to end on the tiny folder
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    enhancer_eval = importlib.import_module("enhancer_eval")
+    ablation = importlib.import_module("enhance_ablation")
+    common = ["--model", str(enhanced_model_dir), "--frames", "40", "--steps", "4"]
+    out = tmp_path / "eval"
+    enhancer_eval.main([*common, "--videos", "1", "--generated", "1", "--out", str(out)])
+    summary = json.loads((out / "enhancer_eval.json").read_text())["summary"]
+    # bilinear upsampling of a 32x32 render is close to the 64x64 render, whatever the model
+    assert summary["rendered/upsampled/psnr"] > 25, summary
+    assert "generated/enhanced/colour_right" in summary and (out / "frames.png").is_file()
+    out = tmp_path / "ablation"
+    ablation.main([*common, "--videos", "1", "--out", str(out)])
+    result = json.loads((out / "ablation.json").read_text())
+    assert set(result["summary"]) == {"input", *MODES, "ordering_holds"}
+    assert all(result["videos"][0][m] is not None for m in ("input", *MODES))
+    assert (out / "xt_modes.png").is_file()
