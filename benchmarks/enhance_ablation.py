@@ -28,6 +28,7 @@ from enhancer_eval import upsample
 from PIL import Image, ImageDraw
 
 from streamingt2v.blending import MODES
+from streamingt2v.enhancer import settings
 from streamingt2v.generate import load_enhancer
 from streamingt2v.metrics.smoothness import boundary_flow_std
 from streamingt2v.metrics.world_checks import xt_slice
@@ -48,21 +49,19 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     enhancer = load_enhancer(args.model, torch.device("cpu"), torch.float32)
-    defaults = enhancer.config.defaults
+    defaults = settings(enhancer.config.defaults, steps=args.steps)
     rng = rng_for("enhance-ablation", args.seed)
     rows, slices = [], {}
     for i in range(args.videos):
         params = sample_params(rng)
         low = render(params, args.frames, size=args.size)
         row = {"prompt": params.caption}
-        size = enhancer.output_size(args.size, args.size)
-        upsampled = upsample(low, size)
+        upsampled = upsample(enhancer, low)
         row["input"] = boundary_flow_std(upsampled, defaults.chunk, defaults.overlap)
         if i == 0:
             slices["input"] = xt_slice(upsampled)
         for mode in MODES:
-            steps = args.steps or defaults.steps
-            cfg = replace(defaults, mode=mode, seed=args.seed + i, steps=steps)
+            cfg = replace(defaults, mode=mode, seed=args.seed + i)
             started = time.perf_counter()
             video = np.stack(list(enhancer.enhance(iter(low), len(low), params.caption, cfg)))
             row[mode] = boundary_flow_std(video, cfg.chunk, cfg.overlap)

@@ -6,8 +6,8 @@
 
 Rendered: world videos rendered at the streaming resolution (the input) and at the
 enhancer's output resolution (the truth, same parameters). Each input is brought to the
-output size by bilinear upsampling (what the enhancer itself starts from) and by the
-enhancer (the folder's default settings unless overridden; noise seed --seed plus the
+output size by bilinear upsampling (``Enhancer.upscale``, what SDEdit starts from) and by
+the enhancer (the folder's default settings unless overridden; noise seed --seed plus the
 video's index), and both are compared with the truth: PSNR, sharpness (mean spatial
 gradient magnitude, the truth's beside it) and the world checks (colour, background, shape
 right per frame). Generated: the pipeline's own videos (seed 0) of evaluation prompts drawn
@@ -33,16 +33,17 @@ from PIL import Image
 from world_eval import eval_prompts
 
 from streamingt2v import StreamingT2VPipeline
+from streamingt2v.enhancer import settings
 from streamingt2v.generate import load_enhancer
 from streamingt2v.metrics.world_checks import check_video
 from streamingt2v.world.render import parse_caption, render, rng_for, sample_params
 
 
-def upsample(video: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(F, h, w, 3) uint8 -> (F, *size, 3) uint8, bilinear as in the enhancer's input."""
-    x = torch.from_numpy(video).permute(0, 3, 1, 2).float()
-    x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
-    return x.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+def upsample(enhancer, video: np.ndarray) -> np.ndarray:
+    """(F, h, w, 3) uint8 -> the enhancer's own starting frames (its bilinear upscaling to
+    its output size) as (F, H, W, 3) uint8: the video without enhancement."""
+    x = enhancer.upscale(video)  # (F, 3, H, W) in [-1, 1]
+    return ((x + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
 def psnr(video: np.ndarray, truth: np.ndarray) -> float:
@@ -85,8 +86,10 @@ def main(argv: list[str] | None = None) -> None:
 
     pipe = StreamingT2VPipeline.from_pretrained(args.model)
     enhancer = load_enhancer(args.model, torch.device("cpu"), torch.float32, pipe=pipe)
-    defaults = enhancer.config.defaults
-    size = enhancer.output_size(args.size, args.size)  # rendered inputs' output size
+    chosen = settings(
+        enhancer.config.defaults, steps=args.steps, strength=args.strength, guidance=args.guidance
+    )
+    size = enhancer.output_size(args.size, args.size)  # the rendered truth's size
     rng = rng_for("enhancer-eval", args.seed)
     inputs = []  # (kind, caption, low-resolution video, truth or None)
     for _ in range(args.videos):
@@ -99,17 +102,11 @@ def main(argv: list[str] | None = None) -> None:
     rows, picture = [], []
     seconds = []
     for i, (kind, caption, low, truth) in enumerate(inputs):
-        cfg = replace(
-            defaults,
-            seed=args.seed + i,
-            steps=args.steps or defaults.steps,
-            strength=args.strength or defaults.strength,
-            guidance=args.guidance or defaults.guidance,
-        )
+        cfg = replace(chosen, seed=args.seed + i)
         started = time.perf_counter()
         enhanced = np.stack(list(enhancer.enhance(iter(low), len(low), caption, cfg)))
         seconds.append((time.perf_counter() - started) / len(low))
-        upsampled = upsample(low, enhanced.shape[1:3])
+        upsampled = upsample(enhancer, low)
         words = parse_caption(caption)
         row = {
             "kind": kind,
@@ -121,24 +118,22 @@ def main(argv: list[str] | None = None) -> None:
             row["truth_sharpness"] = sharpness(truth)
         rows.append(row)
         print(json.dumps(row), flush=True)
-        if kind == "rendered" and i < 2 or kind == "generated" and i < args.videos + 2:
+        if sum(r["kind"] == kind for r in rows) <= 2:  # the first two of each kind
             shown = [upsampled, enhanced] + ([truth] if truth is not None else [])
             picture += [np.concatenate(list(v[::6]), axis=1) for v in shown]
 
     summary = {}
     for kind in ("rendered", "generated"):
-        chosen = [r for r in rows if r["kind"] == kind]
+        of_kind = [r for r in rows if r["kind"] == kind]
         for method in ("upsampled", "enhanced"):
-            for key in chosen[0][method] if chosen else ():
-                summary[f"{kind}/{method}/{key}"] = statistics.mean(r[method][key] for r in chosen)
-        if kind == "rendered" and chosen:
+            for key in of_kind[0][method] if of_kind else ():
+                summary[f"{kind}/{method}/{key}"] = statistics.mean(r[method][key] for r in of_kind)
+        if kind == "rendered" and of_kind:
             summary["rendered/truth/sharpness"] = statistics.mean(
-                r["truth_sharpness"] for r in chosen
+                r["truth_sharpness"] for r in of_kind
             )
     summary["enhance_seconds_per_frame"] = statistics.median(seconds)
-    summary["steps"] = args.steps or defaults.steps
-    summary["strength"] = args.strength or defaults.strength
-    summary["guidance"] = args.guidance or defaults.guidance
+    summary |= {"steps": chosen.steps, "strength": chosen.strength, "guidance": chosen.guidance}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "enhancer_eval.json").write_text(
         json.dumps({"summary": summary, "videos": rows, "settings": vars(args)}, indent=2,

@@ -22,7 +22,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from streamingt2v import StreamingT2VPipeline
-from streamingt2v.enhancer import Enhancer
+from streamingt2v.enhancer import Enhancer, settings
 from streamingt2v.generate import DEFAULT_MODEL_DIR
 
 # Every run behind the shipped weights, in training order (each continues the one before
@@ -92,8 +92,8 @@ def main() -> None:
         enhancer = Enhancer.from_pretrained(
             args.enhancer, vae=pipe.vae, text_encoder=pipe.text_encoder
         )
-        if args.enhancer_guidance is not None:
-            enhancer.config.defaults.guidance = args.enhancer_guidance
+        defaults = enhancer.config.defaults
+        enhancer.config.defaults = settings(defaults, guidance=args.enhancer_guidance)
         enhancer.to("cpu", torch.float16).save_pretrained(tmp / "enhancer")
     card = args.out / "MODEL_CARD.md"
     if card.is_file():  # hand-written: kept across re-ships

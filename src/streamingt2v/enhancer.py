@@ -232,15 +232,21 @@ class Enhancer:
         return out
 
     @torch.no_grad()
-    def _encode(self, frames_fhwc: np.ndarray) -> torch.Tensor:
-        """(F, H, W, 3) uint8 low-res -> (F, C, h, w) latents of the upscaled frames."""
+    def upscale(self, frames_fhwc: np.ndarray) -> torch.Tensor:
+        """(F, H, W, 3) uint8 low-res -> (F, 3, *output_size) in [-1, 1]: the frames that
+        SDEdit starts from (bilinear, antialiased where it shrinks)."""
         x = torch.from_numpy(np.ascontiguousarray(frames_fhwc)).to(self.device)
         x = x.permute(0, 3, 1, 2).float() / 127.5 - 1
         size = self.output_size(*x.shape[2:])
         shrink = size[0] < x.shape[2] or size[1] < x.shape[3]
-        x = nn.functional.interpolate(
+        return nn.functional.interpolate(
             x, size=size, mode="bilinear", align_corners=False, antialias=shrink
         ).clamp(-1, 1)
+
+    @torch.no_grad()
+    def _encode(self, frames_fhwc: np.ndarray) -> torch.Tensor:
+        """(F, H, W, 3) uint8 low-res -> (F, C, h, w) latents of the upscaled frames."""
+        x = self.upscale(frames_fhwc)
         z = self.vae.encode(x.to(self.vae.dtype)).latent_dist.mean
         return (z * self.vae.config.scaling_factor).float()
 
