@@ -199,14 +199,16 @@ def test_perturbed_enhancer_changes_the_video(enhancer):
 
 def test_generate_any_aspect_ratio_through_the_enhancer(enhanced_model_dir, tmp_path, capsys):
     out = tmp_path / "wide.mp4"
-    assert run("generate", "a red circle", "--frames", 20, "--out", out, "--height", 16,
+    """Any multiple of the VAE's factor, also one whose latent side the UNet cannot halve
+    evenly (18 -> 9 latents), as 720x720 (90 latents) for the official enhancer."""
+    assert run("generate", "a red circle", "--frames", 20, "--out", out, "--height", 18,
                "--width", 48, "--model", enhanced_model_dir, *FAST) == 0  # fmt: skip
-    assert read_video(out).shape == (20, 32, 96, 3)
+    assert read_video(out).shape == (20, 36, 96, 3)
     manifest = json.loads((tmp_path / "wide.mp4.json").read_text())
-    assert manifest["size"] == [16, 48] and manifest["enhance"]["size"] == [32, 96]
-    assert run("generate", "a red circle", "--out", tmp_path / "bad.mp4", "--width", 42,
+    assert manifest["size"] == [18, 48] and manifest["enhance"]["size"] == [36, 96]
+    assert run("generate", "a red circle", "--out", tmp_path / "bad.mp4", "--width", 41,
                "--model", enhanced_model_dir) == 2  # fmt: skip
-    assert "width 42 is not a multiple of 4" in capsys.readouterr().err
+    assert "width 41 is not a multiple of 2" in capsys.readouterr().err
 
 
 def test_a_diffusers_video_model_enhances_at_its_trained_size(modelscope_dir, tmp_path, capsys):
@@ -229,7 +231,9 @@ def test_a_diffusers_video_model_enhances_at_its_trained_size(modelscope_dir, tm
     assert run(*args, "--out", tmp_path / "p.mp4") == 2
     assert "resolution it was trained at" in capsys.readouterr().err
     assert run(*args, "--out", tmp_path / "q.mp4", "--size", "25x40") == 2
-    assert "25x40, not a multiple of 4" in capsys.readouterr().err
+    assert "25x40, not a multiple of 2" in capsys.readouterr().err
+    assert _enhance(Enhancer.from_pretrained(modelscope_dir, size="26x42"), video).shape == (
+        10, 26, 42, 3)  # fmt: skip
 
 
 def test_plan_counts_the_evaluations_a_run_makes(enhanced_model_dir, tmp_path, capsys, monkeypatch):

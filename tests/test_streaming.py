@@ -120,7 +120,7 @@ def test_non_square_video_streams_and_chunks_regenerate(trained_like_pipe):
 
 @pytest.mark.parametrize(
     ("size", "message"),
-    [((30, 32), "height 30 is not a multiple of 4"), ((32, 0), "width must be an integer >= 1")],
+    [((31, 32), "height 31 is not a multiple of 2"), ((32, 0), "width must be an integer >= 1")],
 )
 def test_bad_sizes_are_named(tiny_pipe, size, message):
     with pytest.raises(UsageError, match=message):

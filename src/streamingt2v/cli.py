@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--height",
         type=_int,
         default=None,
-        help="frame height in pixels, a multiple of the model's size step (default: the model's)",
+        help="frame height in pixels, a multiple of the VAE factor (default: the model's)",
     )
     gen.add_argument(
         "--width", type=_int, default=None, help="frame width in pixels (default: the model's)"

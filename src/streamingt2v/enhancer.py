@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from .config import ModelLoadError, UsageError, read_json
 from .enhance import EnhanceConfig, Schedule, denoise_chunks, denoise_streaming
 from .models.encoders import TextEncoder
-from .models.unet import size_step, vae_factor
+from .models.unet import vae_factor
 from .models.weights import load_diffusers
 from .offload import Offloader
 from .sampling import text_denoiser
@@ -220,14 +220,14 @@ class Enhancer:
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """Size of the enhanced frames (the fixed ``size``, else ``scale`` times the input);
-        it must fit the enhancer's VAE factor times its UNet's downsampling."""
+        its sides must be multiples of the enhancer's VAE factor."""
         size = self.config.size
         out = tuple(size) if size else (height * self.config.scale, width * self.config.scale)
-        step = size_step(self.unet, self.vae)
+        step = self.vae_scale_factor
         if any(s % step for s in out):
             raise UsageError(
                 f"frames of {height}x{width} enhance to {out[0]}x{out[1]}, not a multiple of "
-                f"{step} (the enhancer's VAE factor times its UNet's downsampling)"
+                f"{step} (the enhancer's VAE factor)"
             )
         return out
 

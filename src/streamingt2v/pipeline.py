@@ -40,7 +40,7 @@ from .config import (
 from .models.apm import AppearancePreservationModule
 from .models.cam import ConditionalAttentionModule, check_frame_encoder_matches
 from .models.encoders import ImageEncoder, TextEncoder
-from .models.unet import size_step, vae_factor
+from .models.unet import vae_factor
 from .models.weights import (
     WEIGHTS_NAME,
     load_diffusers,
@@ -262,14 +262,15 @@ class StreamingT2VPipeline:
         return size, size
 
     def check_size(self, size: tuple[int, int]) -> None:
-        """A UsageError naming the bad side unless the models can make (height, width)."""
-        m = size_step(self.unet, self.vae)
+        """A UsageError naming the bad side unless the models can make (height, width): any
+        multiple of the VAE's factor (the UNets fit their upsampling to odd latent sides)."""
+        m = self.vae_scale_factor
         for name, value in zip(("height", "width"), size, strict=True):
             if value % m:
                 below, above = max(m, value // m * m), (value // m + 1) * m
                 raise UsageError(
-                    f"{name} {value} is not a multiple of {m} (the VAE's {self.vae_scale_factor}x "
-                    f"times the UNet's downsampling); try {below} or {above}"
+                    f"{name} {value} is not a multiple of {m} (the VAE's factor); "
+                    f"try {below} or {above}"
                 )
 
     def latent_shape(self, frames: int, size: tuple[int, int] | None = None) -> tuple[int, ...]:
@@ -330,7 +331,7 @@ class StreamingT2VPipeline:
         method: str = "streamingt2v",
     ) -> Request:
         """A validated Request; unset settings take the model's defaults (size included: any
-        height and width that are multiples of ``models.unet.size_step``)."""
+        height and width that are multiples of the VAE's factor)."""
         defaults = self.config.sample
         sample_config = SampleConfig(
             steps=defaults.steps if steps is None else steps,

@@ -40,11 +40,6 @@ def vae_factor(vae) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
-def size_step(unet: UNet3DConditionModel, vae) -> int:
-    """Frame sides must be multiples of this: the VAE's factor times the UNet's halvings."""
-    return vae_factor(vae) * 2 ** (len(unet.config.block_out_channels) - 1)
-
-
 def _time_embedding(unet: nn.Module, timestep: torch.Tensor | float | int, batch: int, dtype):
     if not torch.is_tensor(timestep):
         timestep = torch.tensor([timestep], dtype=torch.int64)
