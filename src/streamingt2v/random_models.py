@@ -54,6 +54,8 @@ class Scale:
     image_embed_dim: int
     image_tokens: int
     text_tokens: int
+    # The APM's CLIP vision tower: hidden size, layers, heads, input size, patch size.
+    vision: tuple[int, int, int, int, int] = (32, 2, 2, 32, 8)
 
 
 SCALES = {
@@ -73,6 +75,7 @@ SCALES = {
         1024,
         16,
         77,
+        vision=(1280, 32, 16, 224, 14),  # OpenCLIP ViT-H/14, as the official APM
     ),
 }
 
@@ -146,31 +149,42 @@ def make_text_encoder(scale: Scale, tokenizer: CLIPTokenizer) -> TextEncoder:
     return TextEncoder(CLIPTextModel(config).eval(), tokenizer, scale.text_tokens)
 
 
-def make_image_encoder(scale: Scale, image_size: int = 32) -> ImageEncoder:
+def make_image_encoder(scale: Scale) -> ImageEncoder:
+    hidden, layers, heads, image_size, patch = scale.vision
     config = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
+        hidden_size=hidden,
+        intermediate_size=hidden * 4,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
         image_size=image_size,
-        patch_size=8,
+        patch_size=patch,
         projection_dim=scale.image_embed_dim,
     )
     return ImageEncoder(CLIPVisionModelWithProjection(config).eval())
 
 
 def random_pipeline(
-    scale: str = "tiny", seed: int = 0, streaming: bool = True, cam_merge: str = "attention"
+    scale: str = "tiny",
+    seed: int = 0,
+    streaming: bool = True,
+    cam_merge: str = "attention",
+    own_stream_unet: bool = False,
 ) -> StreamingT2VPipeline:
     """A pipeline with random weights; ``streaming`` adds an untrained CAM (merging as
-    ``cam_merge``) and APM."""
+    ``cam_merge``) and APM; ``own_stream_unet``: the streaming chunks get a UNet of their own
+    (as the official checkpoint's fine-tuned copy) instead of sharing the base UNet."""
     s = SCALES[scale]
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = make_clip_tokenizer(Path(tmp))
     config = PipelineConfig(stream=StreamConfig(text_tokens=s.text_tokens))
     pipe = StreamingT2VPipeline(
-        make_unet(s), make_vae(s), make_text_encoder(s, tokenizer), MODELSCOPE_SCHEDULER, config
+        make_unet(s),
+        make_vae(s),
+        make_text_encoder(s, tokenizer),
+        MODELSCOPE_SCHEDULER,
+        config,
+        stream_unet=make_unet(s) if streaming and own_stream_unet else None,
     )
     if not streaming:
         return pipe
@@ -223,10 +237,24 @@ def write_modelscope_folder(path: Path, scale: str = "tiny", seed: int = 0) -> P
     return path
 
 
-def random_enhancer(vae, text_encoder, seed: int = 0, scale: str = "tiny"):
-    """A random 2x enhancer with the given VAE and text encoder (a pipeline's, shared)."""
+def random_enhancer(
+    vae=None,
+    text_encoder=None,
+    seed: int = 0,
+    scale: str = "tiny",
+    size: tuple[int, int] | None = None,
+):
+    """A random enhancer: 2x with the given VAE and text encoder (a pipeline's, shared), or,
+    where they are None, with a VAE and text encoder of its own (a full-size enhancer's
+    layout) at the fixed output ``size`` when given."""
     from .enhancer import Enhancer, EnhancerConfig
 
+    s = SCALES[scale]
     torch.manual_seed(seed)
-    config = EnhancerConfig(scale=2, text_tokens=SCALES[scale].text_tokens)
-    return Enhancer(make_unet(SCALES[scale]), vae, text_encoder, MODELSCOPE_SCHEDULER, config)
+    if vae is None:
+        vae = make_vae(s)
+    if text_encoder is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            text_encoder = make_text_encoder(s, make_clip_tokenizer(Path(tmp)))
+    config = EnhancerConfig(scale=2, size=size, text_tokens=s.text_tokens)
+    return Enhancer(make_unet(s), vae, text_encoder, MODELSCOPE_SCHEDULER, config)
