@@ -313,3 +313,25 @@ def test_enhancer_benchmarks_run_on_a_tiny_model(enhanced_model_dir, tmp_path, m
     assert set(result["summary"]) == {"input", *MODES, "ordering_holds"}
     assert all(result["videos"][0][m] is not None for m in ("input", *MODES))
     assert (out / "xt_modes.png").is_file()
+
+
+def test_full_size_benchmark_runs_every_phase_at_the_tiny_scale(tmp_path, monkeypatch):
+    # benchmarks/full_size.py (the GPU figures of docs/performance.md), on the CPU
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    full_size = importlib.import_module("full_size")
+    common = ["--scale", "tiny", "--device", "cpu", "--dtype", "float32", "--size", "32",
+              "--steps", "1", "--enhance-steps", "2", "--long-steps", "1",
+              "--long-enhance-steps", "2"]  # fmt: skip
+    full_size.main([*common, "--out", str(tmp_path / "all"), "--enhance-size", "66x66",
+                    "--wide-size", "18x48", "--wide-enhance-size", "36x96", "--frames", "24",
+                    "--long-frames", "24", "32"])  # fmt: skip
+    phases = json.loads((tmp_path / "all" / "full_size.json").read_text())["phases"]
+    assert list(phases) == list(full_size.PHASES)
+    assert phases["stream"]["frames"] == phases["enhance"]["frames"] == 24
+    assert phases["enhance"]["size"] == [66, 66]  # 33 latents: not halvable, still enhanced
+    assert {k: r["frames"] for k, r in phases["length"]["runs"].items()} == {"24": 24, "32": 32}
+    assert phases["wide"]["frames"] == 24 and phases["offload"]["moves"] >= 2
+    # a failing phase is recorded, not raised
+    full_size.main([*common, "--out", str(tmp_path / "one"), "--phases", "enhance"])
+    phases = json.loads((tmp_path / "one" / "full_size.json").read_text())["phases"]
+    assert "needs the stream phase" in phases["enhance"]["error"]
