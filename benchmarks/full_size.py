@@ -78,10 +78,8 @@ class Memory:
 
 
 def _count(frames: Iterable[np.ndarray]) -> int:
-    n = 0
-    for _ in frames:
-        n += 1
-    return n
+    """Consume the frames (made one by one, dropped at once) and count them."""
+    return sum(1 for _ in frames)
 
 
 def build(args) -> tuple:

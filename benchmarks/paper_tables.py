@@ -10,9 +10,14 @@ adds a pipeline trained with another conditioning (the paper's ``conc-cond`` and
 own weights under NAME. Every video is measured
 by ``streamingt2v.evaluate.evaluate_video`` (MAWE with OpenCV's DIS flow at ``--mawe-size``,
 SCuts, CLIP score with the model's own encoders, the world checks). Writes
-``OUT/results.json`` (every video), ``OUT/results.md`` (the tables, the command, the machine)
-and ``OUT/xt_slices.png`` (each method on the same prompt). ``--quick`` is a smoke run of a
-few minutes at most (2 prompts, 40 frames, 4 steps) that the test suite runs.
+``OUT/results.json`` (every video, rewritten after each one), ``OUT/results.md`` (the tables,
+the command, the machine) and ``OUT/xt_slices.png`` (each method on the same prompt).
+The videos are made prompt by prompt, every method on each, so a stopped run leaves
+comparable figures behind; ``--resume`` keeps the videos that ``OUT/results.json`` already
+holds (made with the same settings) and makes only the missing ones, so the tables can grow
+across runs (``--prompts`` may rise). The tables use only the prompts that every method has
+made. ``--quick`` is a smoke run of a few minutes at most (2 prompts, 40 frames, 4 steps)
+that the test suite runs.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from streamingt2v import StreamingT2VPipeline
+from streamingt2v.config import UsageError
 from streamingt2v.evaluate import ClipPair, evaluate_video
 from streamingt2v.metrics.world_checks import xt_slice
 from streamingt2v.streaming import METHODS
@@ -113,6 +119,59 @@ def xt_figure(slices: dict[str, np.ndarray], out: Path, scale: int = 4) -> None:
     Image.fromarray(np.concatenate(columns[:-1], axis=1)).save(out)
 
 
+class Store:
+    """``OUT/results.json``, rewritten after every video. With ``resume`` the videos it
+    already holds are kept (when they were made with the same settings) and not made again,
+    so the tables can grow across runs; without it an existing file is never replaced."""
+
+    SAME = ("model", "trained", "frames", "long_frames", "steps", "scheduler", "mawe_size",
+            "seed", "clip", "no_clip")  # fmt: skip
+
+    def __init__(self, out: Path, args: argparse.Namespace, names: list[str], resume: bool):
+        self.path, self.xt_dir = out / "results.json", out / "xt"
+        self.names = names
+        settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+        self.data: dict = {"settings": settings}
+        self.data |= {table: {m: [] for m in names} for table in ("videos", "long")}
+        if not self.path.exists():
+            return
+        if not resume:
+            raise UsageError(f"{self.path} exists: pass --resume to add to it, or another --out")
+        old = json.loads(self.path.read_text())
+        if changed := [k for k in self.SAME if old["settings"].get(k) != settings.get(k)]:
+            raise UsageError(f"--resume: {self.path} was made with other settings: {changed}")
+        for table in ("videos", "long"):
+            for m in names:
+                self.data[table][m] = old.get(table, {}).get(m, [])
+
+    def has(self, table: str, name: str, seed: int) -> bool:
+        return any(row["seed"] == seed for row in self.data[table][name])
+
+    def add(self, table: str, name: str, row: dict) -> None:
+        self.data[table][name].append(row)
+        self.write()
+
+    def write(self) -> None:
+        part = self.path.with_name(self.path.name + ".part")
+        part.write_text(json.dumps(self.data, indent=2, default=str))
+        part.replace(self.path)
+
+    def balanced(self, table: str, names: list[str]) -> dict[str, list[dict]]:
+        """Each method's rows of the prompts that all of ``names`` have made (a stopped run
+        can leave a prompt made by only some); no rows for the other methods."""
+        rows = self.data[table]
+        seeds = set.intersection(*({r["seed"] for r in rows[m]} for m in names))
+        return {m: [r for r in rows[m] if m in names and r["seed"] in seeds] for m in self.names}
+
+    def save_slice(self, name: str, xt: np.ndarray) -> None:
+        self.xt_dir.mkdir(exist_ok=True)
+        Image.fromarray(xt).save(self.xt_dir / f"{name}.png")
+
+    def slices(self) -> dict[str, np.ndarray]:
+        paths = {m: self.xt_dir / f"{m}.png" for m in self.names}
+        return {m: np.asarray(Image.open(p).convert("RGB")) for m, p in paths.items() if p.exists()}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True)
@@ -128,17 +187,33 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frames", type=int, default=240)
     parser.add_argument("--long-prompts", type=int, default=5)
     parser.add_argument("--long-frames", type=int, default=600)
+    parser.add_argument(
+        "--long-methods", nargs="+", default=None, help="names run on the long prompts (all)"
+    )
     parser.add_argument("--steps", type=int, default=None, help="default: the model's")
+    parser.add_argument("--scheduler", default=None, help="ddim or dpm (default: the model's)")
     parser.add_argument("--mawe-size", type=int, default=256, help="official: 720")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("docs/results"))
     parser.add_argument("--quick", action="store_true", help="2 prompts x 40 frames, 4 steps")
     parser.add_argument("--clip", type=Path, default=None, help="CLIP pair (default: --model's)")
     parser.add_argument("--no-clip", action="store_true", help="skip the CLIP score")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the videos already measured in OUT/results.json (same settings) and make "
+        "only the missing ones",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.prompts, args.frames, args.steps = 2, 40, 4
         args.long_prompts, args.long_frames, args.mawe_size = 1, 56, 64
+    names = [*args.methods, *(spec.partition("=")[0] for spec in args.trained)]
+    try:
+        store = Store(args.out, args, names, resume=args.resume)
+    except UsageError as err:
+        parser.error(str(err))
+    args.out.mkdir(parents=True, exist_ok=True)
     pipe = StreamingT2VPipeline.from_pretrained(args.model)
     # (name in the tables, pipeline, method): the methods on the model, then trained baselines
     runs = [(method, pipe, method) for method in args.methods]
@@ -147,52 +222,50 @@ def main(argv: list[str] | None = None) -> None:
         if not sep or not name or not folder:
             parser.error(f"--trained takes NAME=DIR, got {spec!r}")
         runs.append((name, StreamingT2VPipeline.from_pretrained(Path(folder)), "streamingt2v"))
-    names = [name for name, _, _ in runs]
+    long_names = names if args.long_methods is None else args.long_methods
+    if unknown := sorted(set(long_names) - set(names)):
+        parser.error(f"--long-methods names no run: {unknown}")
     clip = None if args.no_clip else ClipPair.from_pipeline(args.clip or args.model)
-    settings = {"steps": args.steps} if args.steps else {}
-    args.out.mkdir(parents=True, exist_ok=True)
-    rows: dict[str, list[dict]] = {m: [] for m in names}
-    long_rows: dict[str, list[dict]] = {m: [] for m in names}
-    slices, seconds = {}, {m: 0.0 for m in names}
+    settings = {k: v for k, v in (("steps", args.steps), ("scheduler", args.scheduler)) if v}
     prompts = eval_prompts(args.prompts, args.seed)
     long_prompts = eval_prompts(args.long_prompts, args.seed + 1)
-    for name, model, method in runs:
-        for i, prompt in enumerate(prompts):
-            started = time.perf_counter()
-            video = model(prompt, args.frames, seed=i, method=method, **settings).frames
-            seconds[name] += time.perf_counter() - started
-            rows[name].append(
-                {"prompt": prompt, "seed": i} | measure(video, prompt, clip, args.mawe_size)
-            )
-            if i == 0:
-                slices[name] = xt_slice(video)
-            print(json.dumps({"method": name, **rows[name][-1]}, default=str), flush=True)
-        for i, prompt in enumerate(long_prompts):
-            video = model(prompt, args.long_frames, seed=1000 + i, method=method, **settings).frames
-            long_rows[name].append(
-                {"prompt": prompt, "seed": 1000 + i} | measure(video, prompt, clip, args.mawe_size)
-            )
+    # prompt by prompt, every method on each: a stopped run leaves balanced tables behind
+    for table_name, prompt_list, frames, first_seed, wanted in (
+        ("videos", prompts, args.frames, 0, names),
+        ("long", long_prompts, args.long_frames, 1000, long_names),
+    ):
+        for i, prompt in enumerate(prompt_list):
+            for name, model, method in runs:
+                seed = first_seed + i
+                if name not in wanted or store.has(table_name, name, seed):
+                    continue
+                started = time.perf_counter()
+                video = model(prompt, frames, seed=seed, method=method, **settings).frames
+                row = {"prompt": prompt, "seed": seed, "seconds": time.perf_counter() - started}
+                row |= measure(video, prompt, clip, args.mawe_size)
+                if table_name == "videos" and i == 0:
+                    store.save_slice(name, xt_slice(video))
+                store.add(table_name, name, row)
+                print(json.dumps({"method": name, **row}, default=str), flush=True)
+    rows, long_rows = store.balanced("videos", names), store.balanced("long", long_names)
     summary = {
         m: {k: mean_of(rows[m], k) for k, _ in COLUMNS}
         | {
-            "seconds_per_video": seconds[m] / max(1, len(prompts)),
+            "seconds_per_video": mean_of(rows[m], "seconds"),
             "long_anchor_drift_last": mean_of(long_rows[m], "anchor_drift_last"),
             "long_colour_drift_last": mean_of(long_rows[m], "colour_drift_last"),
             "long_colour": mean_of(long_rows[m], "colour"),
         }
         for m in names
     }
-    xt_figure(slices, args.out / "xt_slices.png")
+    store.data["summary"] = summary
+    store.write()
+    xt_figure(store.slices(), args.out / "xt_slices.png")
     command = "python benchmarks/paper_tables.py " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
-    (args.out / "results.json").write_text(
-        json.dumps(
-            {"summary": summary, "videos": rows, "long": long_rows, "settings": vars(args)},
-            indent=2,
-            default=str,
-        )
-    )
+    measured, long_measured = len(rows[names[0]]), len(long_rows[long_names[0]])
+    seeds = ", ".join(str(r["seed"]) for r in rows[names[0]]) or "none"
     machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     long_keys = (
         (
@@ -206,9 +279,10 @@ def main(argv: list[str] | None = None) -> None:
         "# Results: the method against its baselines and ablations",
         "",
         f"Command: `{command}`  ",
-        f"Model: `{args.model}`; machine: {machine}; {len(prompts)} prompts x {args.frames} "
-        f"frames, seeds 0-{len(prompts) - 1}; sampling: the model's defaults"
-        + (f" with {args.steps} steps" if args.steps else "")
+        f"Model: `{args.model}`; machine: {machine}; {measured} of {len(prompts)} prompts x "
+        f"{args.frames} frames made by every method (seeds {seeds}), {long_measured} long "
+        f"prompt(s); sampling: the model's defaults"
+        + "".join(f", {k} {v}" for k, v in settings.items())
         + f"; MAWE with OpenCV DIS flow at {args.mawe_size} px (official: RAFT at 720 px).",
         "",
         "## Table 1 analogue",

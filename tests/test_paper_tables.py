@@ -1,10 +1,13 @@
-"""The paper-tables benchmark's --quick mode runs every method and a trained baseline."""
+"""The paper-tables benchmark's --quick mode runs every method and a trained baseline, and
+--resume keeps what an earlier run measured."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 from pathlib import Path
+
+import pytest
 
 from streamingt2v.random_models import random_pipeline
 from streamingt2v.streaming import METHODS
@@ -30,3 +33,30 @@ def test_quick_mode_writes_every_table(tiny_model_dir, tmp_path):
     text = (out / "results.md").read_text()
     assert "Table 1 analogue" in text and "`freenoise`" in text and "`add-cond`" in text
     assert (out / "xt_slices.png").stat().st_size > 0
+    assert "2 of 2 prompts x 40 frames made by every method" in text
+
+    args = ["--model", str(tiny_model_dir), "--quick", "--no-clip", "--out", str(out),
+            "--trained", f"add-cond={add_cond}"]  # fmt: skip
+    with pytest.raises(SystemExit) as stop:  # never replaces an earlier run's results
+        module.main(args)
+    assert stop.value.code == 2
+    with pytest.raises(SystemExit):  # resuming with other settings is refused
+        module.main([*args, "--resume", "--mawe-size", "32"])
+    module.main([*args, "--resume"])  # everything is there: nothing is made again
+    again = json.loads((out / "results.json").read_text())
+    assert again["videos"] == results["videos"] and again["long"] == results["long"]
+
+
+def test_steps_sweep_measures_every_setting(tiny_model_dir, tmp_path, monkeypatch):
+    # benchmarks/speed.py --sweep: the steps-versus-quality trade-off, on the tiny model
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    speed = importlib.import_module("speed")
+    out = tmp_path / "steps"
+    common = ["--model", str(tiny_model_dir), "--frames", "24", "--out", str(out)]
+    speed.main([*common, "--sweep", "ddim:2", "dpm:3", "--prompts", "1", "--mawe-size", "32"])
+    result = json.loads((out / "sweep.json").read_text())
+    assert list(result["summary"]) == ["ddim:2", "dpm:3"]
+    assert all(len(rows) == 1 and rows[0]["seconds"] > 0 for rows in result["videos"].values())
+    assert "| dpm:3 |" in (out / "sweep.md").read_text()
+    with pytest.raises(SystemExit):
+        speed.main([*common, "--sweep", "euler:5"])
