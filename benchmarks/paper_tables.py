@@ -260,7 +260,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     store.data["summary"] = summary
     store.write()
-    xt_figure(store.slices(), args.out / "xt_slices.png")
+    if slices := store.slices():
+        xt_figure(slices, args.out / "xt_slices.png")
     command = "python benchmarks/paper_tables.py " + " ".join(
         sys.argv[1:] if argv is None else argv
     )

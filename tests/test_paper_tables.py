@@ -41,7 +41,7 @@ def test_quick_mode_writes_every_table(tiny_model_dir, tmp_path):
         module.main(args)
     assert stop.value.code == 2
     with pytest.raises(SystemExit):  # resuming with other settings is refused
-        module.main([*args, "--resume", "--mawe-size", "32"])
+        module.main([*args, "--resume", "--seed", "5"])
     module.main([*args, "--resume"])  # everything is there: nothing is made again
     again = json.loads((out / "results.json").read_text())
     assert again["videos"] == results["videos"] and again["long"] == results["long"]
