@@ -92,7 +92,7 @@ def mean_of(rows: list[dict], key: str) -> float | None:
 def fmt(value: float | None, key: str) -> str:
     if value is None:
         return "-"
-    if key in ("colour", "background", "shape", "direction"):
+    if key in ("colour", "background", "shape", "direction", "long_colour"):
         return f"{value:.1%}"
     return f"{value:.2f}"
 
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
         "",
         "## Long videos: appearance over time (APM ablation)",
         "",
-        *table(summary, names, long_keys),
+        *table(summary, long_names, long_keys),
         "",
         f"XT slices of prompt 0 (`{prompts[0]}`), one column per method: ![](xt_slices.png)",
         "",
