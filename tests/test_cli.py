@@ -250,19 +250,21 @@ def test_real_sigint_keeps_a_playable_video(tiny_model_dir, tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # as from a terminal: a job started in the background inherits SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     partial = tmp_path / "v.mp4.partial"
     deadline = time.time() + 120
     while time.time() < deadline and not (partial.exists() and partial.stat().st_size > 0):
         time.sleep(0.2)
-    time.sleep(1.0)  # let a few more chunks land (the muxer writes in blocks: far from done)
+    time.sleep(1.0)  # let a few more chunks land
     os.kill(proc.pid, signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr
     frames = read_video(out)
     manifest = json.loads((tmp_path / "v.mp4.json").read_text())
-    assert 0 < len(frames) == manifest["frames"] < 20000
+    assert 0 < len(frames) == manifest["frames"] < 2000
     assert manifest["interrupted"] is True
 
 
