@@ -7,8 +7,9 @@ ModelScope's 1.7B UNet for the first chunk, a second UNet of that size (the offi
 checkpoint's fine-tuned copy) for the streaming chunks with its CAM and APM, an OpenCLIP
 ViT-H/14 vision tower, an OpenCLIP-H size text encoder and SD's VAE; the enhancer a UNet of
 the same size with its own VAE and text encoder, at 720x720 (the official MS-Vid2Vid-XL
-setting). The official figures (A100 80 GB): 1.4 s per frame for the 256x256 video, 8.5 s
-per frame with the enhancement.
+size; ModelScope's UNet architecture stands in for MS-Vid2Vid-XL's own). The official
+figures (A100 80 GB): 1.4 s per frame for the 256x256 video, 8.5 s per frame with the
+enhancement.
 
 Phases, each written to OUT/full_size.json as soon as it ends (a failing phase is recorded
 and the next one runs; a phase that would start after --budget seconds is skipped):

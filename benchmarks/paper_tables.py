@@ -208,7 +208,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.prompts, args.frames, args.steps = 2, 40, 4
         args.long_prompts, args.long_frames, args.mawe_size = 1, 56, 64
-    names = [*args.methods, *(spec.partition("=")[0] for spec in args.trained)]
+    trained = []  # (name, folder) of each trained baseline
+    for spec in args.trained:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name or not folder:
+            parser.error(f"--trained takes NAME=DIR, got {spec!r}")
+        trained.append((name, Path(folder)))
+    names = [*args.methods, *(name for name, _ in trained)]
+    long_names = names if args.long_methods is None else args.long_methods
+    if unknown := sorted(set(long_names) - set(names)):
+        parser.error(f"--long-methods names no run: {unknown}")
     try:
         store = Store(args.out, args, names, resume=args.resume)
     except UsageError as err:
@@ -217,14 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     pipe = StreamingT2VPipeline.from_pretrained(args.model)
     # (name in the tables, pipeline, method): the methods on the model, then trained baselines
     runs = [(method, pipe, method) for method in args.methods]
-    for spec in args.trained:
-        name, sep, folder = spec.partition("=")
-        if not sep or not name or not folder:
-            parser.error(f"--trained takes NAME=DIR, got {spec!r}")
-        runs.append((name, StreamingT2VPipeline.from_pretrained(Path(folder)), "streamingt2v"))
-    long_names = names if args.long_methods is None else args.long_methods
-    if unknown := sorted(set(long_names) - set(names)):
-        parser.error(f"--long-methods names no run: {unknown}")
+    runs += [(n, StreamingT2VPipeline.from_pretrained(f), "streamingt2v") for n, f in trained]
     clip = None if args.no_clip else ClipPair.from_pipeline(args.clip or args.model)
     settings = {k: v for k, v in (("steps", args.steps), ("scheduler", args.scheduler)) if v}
     prompts = eval_prompts(args.prompts, args.seed)

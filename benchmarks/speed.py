@@ -83,8 +83,7 @@ def sweep(args) -> None:
         name: {k: mean_of(r, k) for k in ("seconds", *SWEEP_KEYS)} for name, r in rows.items()
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    result = {"summary": summary, "videos": rows, "settings": settings}
+    result = {"summary": summary, "videos": rows, "settings": vars(args)}
     (args.out / "sweep.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     header = "| sampler:steps | s per video | " + " | ".join(SWEEP_KEYS) + " |"
     lines = [

@@ -134,6 +134,12 @@ def make_clip_tokenizer(folder: Path) -> CLIPTokenizer:
     return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token="!")
 
 
+def _scratch_tokenizer() -> CLIPTokenizer:
+    """``make_clip_tokenizer`` without keeping its files."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return make_clip_tokenizer(Path(tmp))
+
+
 def make_text_encoder(scale: Scale, tokenizer: CLIPTokenizer) -> TextEncoder:
     config = CLIPTextConfig(
         vocab_size=len(tokenizer),
@@ -175,8 +181,7 @@ def random_pipeline(
     (as the official checkpoint's fine-tuned copy) instead of sharing the base UNet."""
     s = SCALES[scale]
     torch.manual_seed(seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = make_clip_tokenizer(Path(tmp))
+    tokenizer = _scratch_tokenizer()
     config = PipelineConfig(stream=StreamConfig(text_tokens=s.text_tokens))
     pipe = StreamingT2VPipeline(
         make_unet(s),
@@ -254,7 +259,6 @@ def random_enhancer(
     if vae is None:
         vae = make_vae(s)
     if text_encoder is None:
-        with tempfile.TemporaryDirectory() as tmp:
-            text_encoder = make_text_encoder(s, make_clip_tokenizer(Path(tmp)))
+        text_encoder = make_text_encoder(s, _scratch_tokenizer())
     config = EnhancerConfig(scale=2, size=size, text_tokens=s.text_tokens)
     return Enhancer(make_unet(s), vae, text_encoder, MODELSCOPE_SCHEDULER, config)
