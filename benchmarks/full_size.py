@@ -24,7 +24,8 @@ and the next one runs; a phase that would start after --budget seconds is skippe
   --long-frames: peak memory and seconds per frame against the length;
 - ``wide``: the first --long-frames run again at --wide-size, enhanced to --wide-enhance-size
   (non-square through every stage);
-- ``offload``: the first --long-frames run again with ``--offload``: its peak memory.
+- ``offload``: the --long-frames runs again with ``--offload``: peak memory, seconds, the
+  moves of UNet groups and the plan's prediction of them.
 
 A smoke test on the CPU (tests/test_enhancer.py) runs every phase at the tiny scale.
 """
@@ -177,24 +178,33 @@ def run_phases(args, pipe, enhancer, report: dict, save: Callable[[], None]) -> 
             "seconds_per_frame": round(seconds / n, 3),
         }
 
-    def phase_length() -> dict:
+    def long_runs(phase: str, extra: Callable[[int], dict] = lambda frames: {}) -> dict:
+        """Streaming piped into enhancement for each of --long-frames (``extra(frames)``,
+        before the run, adds to its figures); each run's figures are saved as it ends."""
         runs = {}
         for frames in args.long_frames:
+            figures = extra(frames)
+            moved = len(pipe.offloader.history) if pipe.offloader else 0
             memory.reset()
             t0 = time.perf_counter()
-            n = _count(
-                piped(pipe, enhancer, frames, args.long_steps, args.long_enhance_steps, args)
-            )
+            steps = args.long_steps, args.long_enhance_steps
+            n = _count(piped(pipe, enhancer, frames, *steps, args))
             seconds = _synced(device, t0)
             runs[str(frames)] = {
                 "frames": n,
                 "seconds": round(seconds, 1),
                 "seconds_per_frame": round(seconds / n, 4),
+                **figures,
                 **memory.peak(),
             }
-            report["phases"]["length"] = {"partial": runs}
+            if pipe.offloader:  # UNet groups moved to the device during the run
+                runs[str(frames)]["moves"] = len(pipe.offloader.history) - moved
+            report["phases"][phase] = {"partial": runs}
             save()
         return {"steps": args.long_steps, "enhance_steps": args.long_enhance_steps, "runs": runs}
+
+    def phase_length() -> dict:
+        return long_runs("length")
 
     def phase_wide() -> dict:
         square, enhancer.config.size = enhancer.config.size, args.wide_enhance_size
@@ -226,17 +236,19 @@ def run_phases(args, pipe, enhancer, report: dict, save: Callable[[], None]) -> 
     def phase_offload() -> dict:
         pipe.enable_offload(device)
         enhancer.enable_offload(pipe.offloader)
-        frames = args.long_frames[0]
-        t0 = time.perf_counter()
-        n = _count(piped(pipe, enhancer, frames, args.long_steps, args.long_enhance_steps, args))
-        seconds = _synced(device, t0)
-        return {
-            "frames": n,
-            "steps": args.long_steps,
-            "enhance_steps": args.long_enhance_steps,
-            "seconds": round(seconds, 1),
-            "moves": len(pipe.offloader.history),
-        }
+        cfg = settings(enhancer.config.defaults, steps=args.long_enhance_steps, seed=0)
+
+        def planned(frames: int) -> dict:
+            request = pipe.request(PROMPT, frames, **_stream_settings(args, args.long_steps))
+            plan = make_plan(pipe, request, enhancer, cfg)
+            return {
+                "planned_moves": plan.stages[-1].count,
+                "seconds_per_move": round(plan.stages[-1].seconds, 3),
+                "predicted_seconds": round(plan.seconds, 1),
+                "predicted_peak_allocated_gib": _gib(plan.peak_device_bytes or 0),
+            }
+
+        return long_runs("offload", planned)
 
     phases = {
         "plan": phase_plan,

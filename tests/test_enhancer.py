@@ -7,7 +7,6 @@ import importlib
 import json
 import shutil
 from dataclasses import replace
-from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -267,17 +266,19 @@ def test_plan_counts_the_evaluations_a_run_makes(enhanced_model_dir, tmp_path, c
     monkeypatch.setattr(
         pipeline, "Offloader", lambda device: made.append(Offloader(device)) or made[-1]
     )
-    plan_run(replace(config, offload=True))
-    assert made[0].history == ["base", "streaming", "enhancer"]
+    plan = plan_run(replace(config, offload=True))
+    assert made[0].history[:3] == ["base", "streaming", "enhancer"]
+    assert plan.stages[-1].name.startswith("offload") and plan.stages[-1].count > 2
 
 
 def test_offload_moves_one_unet_group_at_a_time_and_changes_nothing(
     enhanced_model_dir, tmp_path, monkeypatch
 ):
     """On this CPU the moves are to the same device, so this checks the bookkeeping: the
-    stages take turns (base, then streaming and enhancer alternating), and the video is the
-    same as without offload."""
-    from streamingt2v import pipeline
+    stages take turns (base, then streaming and enhancer alternating once per block of frames
+    read ahead), as many times as the plan counts, and the video is the same as without
+    offload (reading ahead changes when frames are made, not what they are)."""
+    from streamingt2v import enhancer, pipeline, plan
     from streamingt2v.generate import GenerateConfig, generate
     from streamingt2v.offload import Offloader
 
@@ -285,14 +286,36 @@ def test_offload_moves_one_unet_group_at_a_time_and_changes_nothing(
     monkeypatch.setattr(
         pipeline, "Offloader", lambda device: made.append(Offloader(device)) or made[-1]
     )
+    monkeypatch.setattr(enhancer, "READ_AHEAD", 48)  # blocks of 48 frames: two in 80
     common = dict(steps=3, progress=False, model=enhanced_model_dir)
-    generate(GenerateConfig("a red circle", 40, tmp_path / "a", offload=True, **common))
-    generate(GenerateConfig("a red circle", 40, tmp_path / "b", **common))
+    generate(GenerateConfig("a red circle", 80, tmp_path / "a", offload=True, **common))
+    generate(GenerateConfig("a red circle", 80, tmp_path / "b", **common))
     assert np.array_equal(read_video(tmp_path / "a"), read_video(tmp_path / "b"))
     history = made[0].history
-    assert history[0] == "base" and history.count("base") == 1
-    assert {"streaming", "enhancer"} <= set(history)
-    assert all(a != b for a, b in pairwise(history))  # a group moves in only on a change
+    assert history == ["base", "streaming", "enhancer", "streaming", "enhancer"]
+    folder = pipeline.StreamingT2VPipeline.from_pretrained(enhanced_model_dir)
+    stream, enhance = folder.config.stream, EnhanceConfig(steps=4)
+    assert plan.offload_moves(80, stream, enhance, read_ahead=48) == len(history)
+    # frame by frame, the groups would take turns before each of the 5 enhancer chunks
+    assert plan.offload_moves(80, stream, enhance, read_ahead=1) == 1 + 2 * 5
+    assert plan.offload_moves(40, stream, None, read_ahead=48) == 2
+    assert plan.offload_moves(10, stream, None, read_ahead=48) == 1
+
+
+def test_offloaded_weights_come_back_unchanged_and_leave_nothing_behind():
+    from streamingt2v.offload import Offloader
+
+    a = torch.nn.Linear(3, 4)
+    b = torch.nn.Sequential(torch.nn.Linear(4, 2), torch.nn.BatchNorm1d(2))
+    before = {n: t.clone() for m in (a, b) for n, t in m.state_dict().items()}
+    offloader = Offloader("cpu")
+    offloader.park(a, b)
+    for group in ("a", "b", "a", "a", "b"):
+        offloader.use(group, a if group == "a" else b)
+    assert offloader.history == ["a", "b", "a", "b"]
+    after = {n: t for m in (a, b) for n, t in m.state_dict().items()}
+    assert all(torch.equal(before[n], after[n]) for n in before)
+    assert list(offloader.active) == [id(b)]
 
 
 def test_enhancer_benchmarks_run_on_a_tiny_model(enhanced_model_dir, tmp_path, monkeypatch):
@@ -330,7 +353,8 @@ def test_full_size_benchmark_runs_every_phase_at_the_tiny_scale(tmp_path, monkey
     assert phases["stream"]["frames"] == phases["enhance"]["frames"] == 24
     assert phases["enhance"]["size"] == [66, 66]  # 33 latents: not halvable, still enhanced
     assert {k: r["frames"] for k, r in phases["length"]["runs"].items()} == {"24": 24, "32": 32}
-    assert phases["wide"]["frames"] == 24 and phases["offload"]["moves"] >= 2
+    assert phases["wide"]["frames"] == 24
+    assert all(r["moves"] == r["planned_moves"] >= 3 for r in phases["offload"]["runs"].values())
     # a failing phase is recorded, not raised
     full_size.main([*common, "--out", str(tmp_path / "one"), "--phases", "enhance"])
     phases = json.loads((tmp_path / "one" / "full_size.json").read_text())["phases"]

@@ -31,7 +31,7 @@ from .enhance import EnhanceConfig, Schedule, denoise_chunks, denoise_streaming
 from .models.encoders import TextEncoder
 from .models.unet import vae_factor
 from .models.weights import load_diffusers
-from .offload import Offloader
+from .offload import READ_AHEAD, Offloader
 from .sampling import text_denoiser
 
 CONFIG_FILE = "enhancer_config.json"
@@ -92,22 +92,28 @@ def settings(defaults: EnhanceConfig, **overrides) -> EnhanceConfig:
 
 class _FrameWindow:
     """Latents of the upscaled input frames on demand, reading the input only as far as
-    asked. Requests start at ascending frames, so the frames before a request's start are
-    never asked for again and are dropped."""
+    asked, rounded up to a whole block of ``read_ahead`` frames (and at most ``num_frames``).
+    Requests start at ascending frames, so the frames before a request's start are never
+    asked for again and are dropped."""
 
-    def __init__(self, frames: Iterable[np.ndarray], encode):
+    def __init__(self, frames: Iterable[np.ndarray], encode, num_frames: int, read_ahead: int):
         self.frames = iter(frames)
         self.encode = encode
+        self.num_frames = num_frames
+        self.read_ahead = read_ahead
         self.cache: dict[int, np.ndarray] = {}
         self.read = 0
 
     def __call__(self, wanted: range) -> torch.Tensor:
-        while self.read < wanted.stop:
-            try:
-                self.cache[self.read] = next(self.frames)
-            except StopIteration:
-                raise UsageError(f"the video ended after {self.read} frames") from None
-            self.read += 1
+        if self.read < wanted.stop:
+            block = -(-wanted.stop // self.read_ahead) * self.read_ahead
+            until = max(wanted.stop, min(block, self.num_frames))
+            while self.read < until:
+                try:
+                    self.cache[self.read] = next(self.frames)
+                except StopIteration:
+                    raise UsageError(f"the video ended after {self.read} frames") from None
+                self.read += 1
         for f in [f for f in self.cache if f < wanted.start]:
             del self.cache[f]
         return self.encode(np.stack([self.cache[f] for f in wanted]))
@@ -283,7 +289,8 @@ class Enhancer:
             self.use_unet()
             return guided(x.to(self.unet.dtype), t).float()
 
-        source = _FrameWindow(frames, self._encode)
+        read_ahead = READ_AHEAD if self.offloader else 1
+        source = _FrameWindow(frames, self._encode, num_frames, read_ahead)
         run = denoise_streaming if cfg.mode == "randomized" else denoise_chunks
         schedule = Schedule(self.scheduler_config, cfg)
         bar = tqdm(total=num_frames, desc="enhance", unit="frame", disable=not progress)

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 import torch
 
 from .blending import chunk_starts
-from .config import UsageError
+from .config import StreamConfig, UsageError
 from .enhance import EnhanceConfig, Schedule
+from .offload import READ_AHEAD
 from .sampling import make_scheduler, stream_denoiser, text_denoiser
 from .streaming import Request, chunk_count
 
@@ -133,6 +134,8 @@ def make_plan(pipe, request: Request, enhancer=None, enhance: EnhanceConfig | No
         )
     if enhancer is not None:
         plan.stages += _enhancer_stages(enhancer, enhance, request, device)
+    if pipe.offloader is not None:
+        plan.stages.append(_offload_stage(pipe, enhancer, enhance, request, device))
     if device.type == "cuda":
         plan.peak_device_bytes = torch.cuda.max_memory_allocated(device)
     plan.peak_ram_bytes = _peak_rss_bytes()
@@ -162,6 +165,44 @@ def _enhancer_stages(enhancer, cfg: EnhanceConfig, request: Request, device) -> 
         Stage("enhancer: encode an input frame", n, encode),
         Stage("enhancer: decode an output frame", n, decode),
     ]
+
+
+def offload_moves(
+    num_frames: int, stream: StreamConfig, enhance: EnhanceConfig | None, read_ahead: int
+) -> int:
+    """How many times a run with ``--offload`` moves a UNet group to the device: the base
+    for the first chunk, then the streaming group; with the enhancer, the streaming group
+    and the enhancer take turns whenever the enhancer reads a block of ``read_ahead`` frames
+    that is not yet made (it reads before each chunk's first step, in the chunks' order)."""
+    last_chunk = chunk_count(num_frames, stream) - 1
+    if enhance is None:
+        return 1 + min(last_chunk, 1)
+
+    def chunk_of(frame: int) -> int:
+        return max(0, 1 + (frame - stream.chunk_frames) // stream.new_frames)
+
+    moves, made, active = 0, -1, None
+    for start in chunk_starts(num_frames, enhance.chunk, enhance.overlap):
+        end = min(start + enhance.chunk, num_frames)
+        read = min(-(-end // read_ahead) * read_ahead, num_frames)
+        for chunk in range(made + 1, chunk_of(read - 1) + 1):
+            group = "base" if chunk == 0 else "streaming"
+            moves, active = moves + (group != active), group
+        made = max(made, chunk_of(read - 1))
+        moves, active = moves + (active != "enhancer"), "enhancer"
+    return moves
+
+
+def _offload_stage(pipe, enhancer, enhance: EnhanceConfig | None, request, device) -> Stage:
+    """The moves of ``--offload``, timed as the run makes them: one group in, the other out
+    (the mean over the groups that take turns)."""
+    if enhancer is not None:
+        pair = (pipe.use_streaming, enhancer.use_unet)
+    else:
+        pair = (pipe.use_base, pipe.use_streaming)
+    seconds = _timed(lambda: [move() for move in pair], device) / 2
+    moves = offload_moves(request.num_frames, pipe.config.stream, enhance, READ_AHEAD)
+    return Stage("offload: move a UNet group to the device", moves, seconds)
 
 
 def _gib(n: int | None) -> str:
