@@ -129,7 +129,8 @@ class StreamingT2VPipeline:
     def use_streaming(self) -> None:
         """Before a streaming chunk: the streaming UNet, CAM and APM on the device."""
         if self.offloader:
-            self.offloader.use("streaming", self.stream_unet, self.cam, self.apm)
+            group = [m for m in (self.stream_unet, self.cam, self.apm) if m is not None]
+            self.offloader.use("streaming", *group)
 
     # ----------------------------------------------------------------- construction
     def add_streaming_modules(
