@@ -31,7 +31,7 @@ from .enhance import EnhanceConfig, Schedule, denoise_chunks, denoise_streaming
 from .models.encoders import TextEncoder
 from .models.unet import vae_factor
 from .models.weights import load_diffusers
-from .offload import READ_AHEAD, Offloader
+from .offload import READ_AHEAD, Offloader, read_until
 from .sampling import text_denoiser
 
 CONFIG_FILE = "enhancer_config.json"
@@ -106,8 +106,7 @@ class _FrameWindow:
 
     def __call__(self, wanted: range) -> torch.Tensor:
         if self.read < wanted.stop:
-            block = -(-wanted.stop // self.read_ahead) * self.read_ahead
-            until = max(wanted.stop, min(block, self.num_frames))
+            until = read_until(wanted.stop, self.num_frames, self.read_ahead)
             while self.read < until:
                 try:
                     self.cache[self.read] = next(self.frames)

@@ -23,7 +23,7 @@ import torch
 from .blending import chunk_starts
 from .config import StreamConfig, UsageError
 from .enhance import EnhanceConfig, Schedule
-from .offload import READ_AHEAD
+from .offload import READ_AHEAD, read_until
 from .sampling import make_scheduler, stream_denoiser, text_denoiser
 from .streaming import Request, chunk_count
 
@@ -174,9 +174,8 @@ def offload_moves(
     for the first chunk, then the streaming group; with the enhancer, the streaming group
     and the enhancer take turns whenever the enhancer reads a block of ``read_ahead`` frames
     that is not yet made (it reads before each chunk's first step, in the chunks' order)."""
-    last_chunk = chunk_count(num_frames, stream) - 1
     if enhance is None:
-        return 1 + min(last_chunk, 1)
+        return 1 + min(chunk_count(num_frames, stream) - 1, 1)
 
     def chunk_of(frame: int) -> int:
         return max(0, 1 + (frame - stream.chunk_frames) // stream.new_frames)
@@ -184,11 +183,11 @@ def offload_moves(
     moves, made, active = 0, -1, None
     for start in chunk_starts(num_frames, enhance.chunk, enhance.overlap):
         end = min(start + enhance.chunk, num_frames)
-        read = min(-(-end // read_ahead) * read_ahead, num_frames)
-        for chunk in range(made + 1, chunk_of(read - 1) + 1):
+        needed = chunk_of(read_until(end, num_frames, read_ahead) - 1)
+        for chunk in range(made + 1, needed + 1):
             group = "base" if chunk == 0 else "streaming"
             moves, active = moves + (group != active), group
-        made = max(made, chunk_of(read - 1))
+        made = max(made, needed)
         moves, active = moves + (active != "enhancer"), "enhancer"
     return moves
 
