@@ -14,8 +14,9 @@ groups change places once per block rather than once per enhancer chunk.
 
 Issue #6 names accelerate's offload hooks; this stage-wise offloader stands in for them on
 purpose: the hooks move a model with ordinary (unpinned) copies when its forward is called,
-about 1.7 s per 1.4B-parameter group on an H200 against 0.09 s here (docs/performance.md),
-and ``generate`` alternates two groups for the whole video.
+as this module's first version did, which cost about 1.7 s per 1.4B-parameter group on an
+H200 against 0.09 s now (docs/performance.md; the hooks themselves were not timed), and
+``generate`` alternates two groups for the whole video.
 """
 
 from __future__ import annotations
