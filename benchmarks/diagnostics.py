@@ -6,6 +6,7 @@
     python benchmarks/diagnostics.py cam --model DIR  # does the CAM use its frames?
     python benchmarks/diagnostics.py readme --model DIR  # the shipping test's figures
     python benchmarks/diagnostics.py chunks --model DIR  # first chunk vs streaming chunks
+    python benchmarks/diagnostics.py continuation --model DIR [--out PNG]  # CAM, end to end
     python benchmarks/diagnostics.py side-by-side --model DIR --out PNG  # generated vs rendered
 
 ``scuts``: 8 pairs of world videos with the same background, cut at frame 24, and the
@@ -13,6 +14,8 @@ uncut first videos, counted by AdaptiveDetector at several ``min_content_val`` f
 ``vae``: 12 rendered videos through the VAE and back, world checks before and after.
 ``x0``: a base UNet's error at several noise levels, as its prediction and as the clean
 latents it implies (the epsilon-at-high-noise problem of run v1).
+``continuation``: chunk 1 generated from a rendered video's first 8 frames and frame 0 (the
+CAM's and the APM's inputs), read against the rendered continuation.
 """
 
 from __future__ import annotations
@@ -221,6 +224,50 @@ def chunk_quality(model_dir: Path, prompts: int = 8, frames: int = 48) -> None:
     )
 
 
+def continuation(model_dir: Path, out: Path | None, videos: int = 8) -> None:
+    """Does the streaming stage continue a video it is handed? For ``videos`` evaluation
+    prompts (seed 0 each), render 16 frames, generate chunk 1 from the first 8 (conditioning
+    frames) and frame 0 (anchor) with the model's sampling defaults, and read the 8 new
+    frames against rendered frames 8-15: background, colour and shape right, and the
+    distance between the object's centroids (in frame widths). With ``out``: a picture, each
+    rendered video above its continuation."""
+    from PIL import Image
+    from world_eval import eval_prompts
+
+    from streamingt2v import StreamingT2VPipeline
+    from streamingt2v.metrics.world_checks import read_frame
+    from streamingt2v.streaming import regenerate_chunk
+    from streamingt2v.world.render import parse_caption, render, rng_for, sample_params
+
+    pipe = StreamingT2VPipeline.from_pretrained(model_dir)
+    fc = pipe.config.stream.cond_frames
+    rng = rng_for("continuation", 0)
+    right, distances, rows = np.zeros(3), [], []
+    for prompt in eval_prompts(videos, 0):
+        words = parse_caption(prompt)
+        truth = render(sample_params(rng, **words), 16, size=pipe.frame_size[0])
+        new = regenerate_chunk(pipe, pipe.request(prompt, 24), 1, truth[:fc], truth[0])
+        for made, expected in zip(new, truth[fc:], strict=True):
+            got, want = read_frame(made), read_frame(expected)
+            right += [got.background == words["background"], got.colour == words["colour"]]
+            right[2] += got.shape == words["shape"]
+            if got.centroid is not None and want.centroid is not None:
+                distances.append(float(np.hypot(*np.subtract(got.centroid, want.centroid))))
+        rows += [np.concatenate(list(truth), 1), np.concatenate([*truth[:fc], *new], 1)]
+    n = videos * len(new)
+    print(
+        f"{videos} rendered videos continued by 8 frames: background {right[0] / n:.1%}, "
+        f"colour {right[1] / n:.1%}, shape {right[2] / n:.1%}; object found in "
+        f"{len(distances)}/{n}, median distance to the rendered track "
+        f"{np.median(distances) if distances else float('nan'):.3f} frame widths"
+    )
+    if out is not None:
+        picture = np.concatenate(rows, 0)
+        height, width = picture.shape[:2]
+        Image.fromarray(picture).resize((width * 4, height * 4), Image.NEAREST).save(out)
+        print(f"wrote {out}: rendered video above its continuation (from frame {fc} on)")
+
+
 def side_by_side(model_dir: Path, out: Path, prompts: int = 4, frames: int = 32) -> None:
     """A picture: for the first ``prompts`` evaluation prompts, every 4th frame of a
     generated video (seed 0) above a rendered video of the same caption (start position and
@@ -248,7 +295,8 @@ def side_by_side(model_dir: Path, out: Path, prompts: int = 4, frames: int = 32)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "what", choices=["scuts", "vae", "x0", "cam", "readme", "chunks", "side-by-side"]
+        "what",
+        choices=["scuts", "vae", "x0", "cam", "readme", "chunks", "continuation", "side-by-side"],
     )
     parser.add_argument("--model", type=Path, default=Path("src/streamingt2v/default_model"))
     parser.add_argument("--vae", type=Path, default=Path("runs/default/vae_sharp/final"))
@@ -257,7 +305,7 @@ def main() -> None:
     parser.add_argument(
         "--prediction", choices=["epsilon", "v_prediction"], help="what the UNet predicts"
     )
-    parser.add_argument("--out", type=Path, default=Path("side_by_side.png"))
+    parser.add_argument("--out", type=Path, help="side-by-side, continuation: a PNG")
     args = parser.parse_args()
     if args.what == "scuts":
         scuts()
@@ -269,8 +317,10 @@ def main() -> None:
         readme_prompt(args.model)
     elif args.what == "chunks":
         chunk_quality(args.model)
+    elif args.what == "continuation":
+        continuation(args.model, args.out)
     elif args.what == "side-by-side":
-        side_by_side(args.model, args.out)
+        side_by_side(args.model, args.out or Path("side_by_side.png"))
     else:
         x0_error(args.vae, args.unet, args.schedule, args.prediction)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamingt2v.config import StreamConfig, UsageError
+from streamingt2v.config import SampleConfig, StreamConfig, UsageError
 from streamingt2v.random_models import perturb_, random_pipeline
-from streamingt2v.streaming import chunk_count, chunk_seed, regenerate_chunk
+from streamingt2v.streaming import Request, chunk_count, chunk_seed, regenerate_chunk
 
 FAST = dict(steps=2, guidance=7.5)
 
@@ -125,6 +125,14 @@ def test_non_square_video_streams_and_chunks_regenerate(trained_like_pipe):
 def test_bad_sizes_are_named(tiny_pipe, size, message):
     with pytest.raises(UsageError, match=message):
         tiny_pipe.request("a red circle", 16, height=size[0], width=size[1])
+
+
+def test_request_without_a_size_takes_the_model_size_and_a_bad_size_is_named(tiny_pipe):
+    request = Request("a red circle", 24, seed=1, sample=SampleConfig(steps=1))
+    new = regenerate_chunk(tiny_pipe, request, 0)
+    assert new.shape[1:3] == tiny_pipe.frame_size
+    with pytest.raises(UsageError, match="size must be"):
+        Request("a red circle", 24, size=(32,))
 
 
 def test_baselines_and_ablations_change_what_they_should(trained_like_pipe):

@@ -141,6 +141,21 @@ def test_object_weight_weighs_the_latent_cells_the_object_touches(inputs, tmp_pa
     assert s.weighted_mse(pred, target, video) == pytest.approx(4 / (4 * (127 + 10)))
 
 
+def test_high_noise_draws_that_share_of_timesteps_from_the_upper_half(inputs, tmp_path):
+    cfg = _cfg("base", tmp_path, model=UNET, inputs={"vae": inputs["vae"]})
+    s = build_stage(cfg, torch.device("cpu"))
+    z0 = torch.zeros(4000, 1, 1, 1, 1)
+    uniform = s.noised(z0, torch.Generator().manual_seed(0))[2]
+    s.high_noise = 0.5  # half the draws from [500, 1000): 75% land there in all
+    mixed = s.noised(z0, torch.Generator().manual_seed(0))[2]
+    assert (uniform >= 500).float().mean() == pytest.approx(0.5, abs=0.03)
+    assert (mixed >= 500).float().mean() == pytest.approx(0.75, abs=0.03)
+    assert mixed.min() >= 0 and mixed.max() < 1000
+    cfg.options["high_noise"] = 1.5
+    with pytest.raises(UsageError, match="high_noise"):
+        build_stage(cfg, torch.device("cpu"))
+
+
 def test_stream_stage_trains_the_official_parameter_set(inputs, tmp_path):
     s = build_stage(_configs(inputs, tmp_path)["stream"], torch.device("cpu"))
     names = list(trainable(s.module))

@@ -69,7 +69,11 @@ class Request:
             raise UsageError(f"seed must be an integer >= 0, got {self.seed!r}")
         if self.method not in METHODS:
             raise UsageError(f"unknown method {self.method!r}; choose one of {list(METHODS)}")
-        for name, value in zip(("height", "width"), self.size or (), strict=True):
+        if self.size is None:
+            return
+        if not isinstance(self.size, (tuple, list)) or len(self.size) != 2:
+            raise UsageError(f"size must be (height, width), got {self.size!r}")
+        for name, value in zip(("height", "width"), self.size, strict=True):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UsageError(f"{name} must be an integer >= 1, got {value!r}")
 

@@ -241,6 +241,11 @@ class LatentVideoStage(Stage):
         # The object covers 2-4 of a frame's 64 latent cells: unweighted, the loss is almost
         # all background and the object's colour is learnt last (as in the VAE stage).
         self.object_weight = cfg.options.get("object_weight", 0.0)
+        # Where the CAM decides the continuation (the stream stage): the share of clips whose
+        # timestep is drawn from the upper half of the schedule instead of all of it.
+        self.high_noise = cfg.options.get("high_noise", 0.0)
+        if not 0 <= self.high_noise <= 1:
+            raise UsageError(f"options.high_noise must be in [0, 1], got {self.high_noise!r}")
 
     @torch.no_grad()
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
@@ -256,7 +261,13 @@ class LatentVideoStage(Stage):
 
     def noised(self, z0: torch.Tensor, generator: torch.Generator):
         """(noisy latents, the model's target (eps or v, as the schedule predicts), t)."""
-        t = torch.randint(0, self.max_timestep, (z0.shape[0],), generator=generator)
+        n = z0.shape[0]
+        t = torch.randint(0, self.max_timestep, (n,), generator=generator)
+        if self.high_noise:  # no extra draws otherwise: earlier runs replay unchanged
+            upper = torch.randint(
+                self.max_timestep // 2, self.max_timestep, (n,), generator=generator
+            )
+            t = torch.where(torch.rand(n, generator=generator) < self.high_noise, upper, t)
         t = t.to(self.device)
         eps = torch.randn(z0.shape, generator=generator).to(self.device)
         target = eps
