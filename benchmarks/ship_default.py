@@ -1,11 +1,12 @@
 """Copy a trained pipeline into the package as the embedded default, in fp16, with its card.
 
     python benchmarks/ship_default.py --pipeline runs/default/stream/final \
-        --runs runs/default --eval docs/eval/world_eval.json
+        --eval docs/eval/world_eval.json
 
 Writes ``src/streamingt2v/default_model/``: the pipeline folder (weights stored as fp16
-safetensors; loaded back as float32 on CPU), a loss-curve PNG per run and ``training.json``
-(each run's config and summary); ``MODEL_CARD.md`` beside them is written by hand from these
+safetensors; loaded back as float32 on CPU), a loss-curve PNG per run behind the weights
+(the runs the pipeline's run config names as inputs, recursively) and ``training.json`` (each
+run's config and summary); ``MODEL_CARD.md`` beside them is written by hand from these
 and the evaluation.
 """
 
@@ -25,23 +26,19 @@ from streamingt2v import StreamingT2VPipeline
 from streamingt2v.enhancer import Enhancer, settings
 from streamingt2v.generate import DEFAULT_MODEL_DIR
 
-# Every run behind the shipped weights, in training order (each continues the one before
-# it where its config names ``inputs.init``).
-STAGES = (
-    "vae",
-    "vae_objects",
-    "vae_sharp",
-    "image_encoder",
-    "base_h200",
-    "base",
-    "base_v2",
-    "base_v3",
-    "stream_h200",
-    "stream",
-    "stream_v2",
-    "stream_v3",
-    "enhancer",
-)
+
+def lineage(folder: Path) -> list[Path]:
+    """The training run that wrote ``folder`` (its ``final`` export) and every run its config
+    names as an input (``init``, ``base``, ``vae``, ...), each earlier run before the runs
+    built on it; inputs that are not run exports (a text table) are skipped."""
+    run = folder.parent
+    state = run / "checkpoint" / "state.json"
+    if folder.name != "final" or not state.is_file():
+        return []
+    runs: list[Path] = []
+    for path in json.loads(state.read_text())["config"]["inputs"].values():
+        runs += [r for r in lineage(Path(path)) if r not in runs]
+    return runs + [run]
 
 
 def loss_curve(log: Path, out: Path, title: str) -> None:
@@ -69,7 +66,6 @@ def loss_curve(log: Path, out: Path, title: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pipeline", type=Path, required=True)
-    parser.add_argument("--runs", type=Path, default=Path("runs/default"))
     parser.add_argument("--eval", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR)
     parser.add_argument("--steps", type=int, default=None, help="default sampling steps")
@@ -99,15 +95,13 @@ def main() -> None:
     if card.is_file():  # hand-written: kept across re-ships
         shutil.copy(card, tmp / card.name)
     stages = {}
-    for stage in STAGES:
-        run = args.runs / stage
-        if not (run / "summary.json").is_file():
-            continue
-        stages[stage] = {
+    runs = lineage(args.pipeline) + (lineage(args.enhancer) if args.enhancer else [])
+    for run in dict.fromkeys(runs):
+        stages[run.name] = {
             "summary": json.loads((run / "summary.json").read_text()),
             "config": json.loads((run / "checkpoint" / "state.json").read_text())["config"],
         }
-        loss_curve(run / "loss.csv", tmp / f"loss_{stage}.png", stage)
+        loss_curve(run / "loss.csv", tmp / f"loss_{run.name}.png", run.name)
     (tmp / "training.json").write_text(json.dumps(stages, indent=2))
     if args.eval:
         shutil.copy(args.eval, tmp / "world_eval.json")
