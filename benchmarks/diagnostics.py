@@ -249,8 +249,11 @@ def continuation(model_dir: Path, out: Path | None, videos: int = 8) -> None:
         new = regenerate_chunk(pipe, pipe.request(prompt, 24), 1, truth[:fc], truth[0])
         for made, expected in zip(new, truth[fc:], strict=True):
             got, want = read_frame(made), read_frame(expected)
-            right += [got.background == words["background"], got.colour == words["colour"]]
-            right[2] += got.shape == words["shape"]
+            right += [
+                got.background == words["background"],
+                got.colour == words["colour"],
+                got.shape == words["shape"],
+            ]
             if got.centroid is not None and want.centroid is not None:
                 distances.append(float(np.hypot(*np.subtract(got.centroid, want.centroid))))
         rows += [np.concatenate(list(truth), 1), np.concatenate([*truth[:fc], *new], 1)]

@@ -6,7 +6,9 @@ fixed seed) and measures it with the model-free world checks and PySceneDetect:
     python benchmarks/world_eval.py --model src/streamingt2v/default_model \
         --prompts 50 --frames 240 --long-frames 1200 --long-prompts 3 --out docs/eval
 
-Writes ``OUT/world_eval.json`` (every video's figures) and prints the gates.
+Writes ``OUT/world_eval.json`` (every video's figures, rewritten after each video) and prints
+the gates. ``--resume`` keeps the videos already in that file (same model and settings) and
+makes only the rest, so a 12-prompt run extends to 50 without redoing the first 12.
 
     python benchmarks/world_eval.py --summarize docs/eval/v1/world_eval.json --first 12
 
@@ -70,6 +72,11 @@ def main() -> None:
         "--method", default="streamingt2v", help="the method or a baseline/ablation (METHODS)"
     )
     parser.add_argument("--out", type=Path, default=Path("docs/eval"))
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the videos already in OUT/world_eval.json (same model and settings)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--text-table", type=Path, help="a PromptTable in place of the model's text encoder"
@@ -87,8 +94,12 @@ def main() -> None:
     settings = {k: v for k, v in (("steps", args.steps), ("scheduler", args.scheduler)) if v}
     settings["method"] = args.method
     args.out.mkdir(parents=True, exist_ok=True)
+    done, done_long = earlier_rows(args) if args.resume else ([], [])
     rows = []
     for i, prompt in enumerate(eval_prompts(args.prompts, args.seed)):
+        if i < len(done):
+            rows.append(done[i])
+            continue
         video, seconds = run_one(pipe, prompt, args.frames, seed=i, settings=settings)
         report = check_video(video, parse_caption(prompt)).as_dict()
         report |= {"prompt": prompt, "seed": i, "seconds": seconds, "cuts": count_cuts(video)}
@@ -109,8 +120,12 @@ def main() -> None:
             ),
             flush=True,
         )
+        save(args, rows, done_long)  # a stopped run resumes from here
     long_rows = []
     for i, prompt in enumerate(eval_prompts(args.long_prompts, args.seed + 1)):
+        if i < len(done_long):
+            long_rows.append(done_long[i])
+            continue
         video, seconds = run_one(pipe, prompt, args.long_frames, seed=1000 + i, settings=settings)
         tail = check_video(video[-240:], parse_caption(prompt))
         long_rows.append(
@@ -123,6 +138,32 @@ def main() -> None:
             }
         )
         print(json.dumps(long_rows[-1]), flush=True)
+    print(json.dumps(save(args, rows, long_rows), indent=2))
+
+
+# What a resumed run must share with the saved one for their videos to be the same.
+SAME = ("model", "frames", "long_frames", "seed", "steps", "scheduler", "method", "text_table")
+
+
+def earlier_rows(args) -> tuple[list[dict], list[dict]]:
+    """The videos and long videos already in ``args.out``/world_eval.json, in prompt order;
+    an error if that file was made with other settings."""
+    path = args.out / "world_eval.json"
+    if not path.is_file():
+        return [], []
+    saved = json.loads(path.read_text())
+    ours = vars(args) | {"model": str(args.model)}
+    differ = [k for k in SAME if str(saved["settings"].get(k)) != str(ours[k])]
+    if differ:
+        raise SystemExit(f"{path} was made with other {', '.join(differ)}: not resumable")
+    prompts = eval_prompts(len(saved["videos"]), args.seed)
+    if [r["prompt"] for r in saved["videos"]] != prompts:
+        raise SystemExit(f"{path} holds other prompts: not resumable")
+    return saved["videos"][: args.prompts], saved["long"][: args.long_prompts]
+
+
+def save(args, rows: list[dict], long_rows: list[dict]) -> dict:
+    """Write ``args.out``/world_eval.json with the summary of ``rows``; return the summary."""
     summary = summarize(rows, long_rows)
     (args.out / "world_eval.json").write_text(
         json.dumps(
@@ -136,7 +177,7 @@ def main() -> None:
             default=str,
         )
     )
-    print(json.dumps(summary, indent=2))
+    return summary
 
 
 def summarize(rows: list[dict], long_rows: list[dict]) -> dict:
