@@ -224,6 +224,15 @@ def chunk_quality(model_dir: Path, prompts: int = 8, frames: int = 48) -> None:
     )
 
 
+def save_rows(rows: list[np.ndarray], out: Path) -> None:
+    """Stack rows of frames (each (H, W * n, 3) uint8) into one PNG, every pixel 4x4."""
+    from PIL import Image
+
+    picture = np.concatenate(rows, 0)
+    height, width = picture.shape[:2]
+    Image.fromarray(picture).resize((width * 4, height * 4), Image.NEAREST).save(out)
+
+
 def continuation(model_dir: Path, out: Path | None, videos: int = 8) -> None:
     """Does the streaming stage continue a video it is handed? For ``videos`` evaluation
     prompts (seed 0 each), render 16 frames, generate chunk 1 from the first 8 (conditioning
@@ -231,7 +240,6 @@ def continuation(model_dir: Path, out: Path | None, videos: int = 8) -> None:
     frames against rendered frames 8-15: background, colour and shape right, and the
     distance between the object's centroids (in frame widths). With ``out``: a picture, each
     rendered video above its continuation."""
-    from PIL import Image
     from world_eval import eval_prompts
 
     from streamingt2v import StreamingT2VPipeline
@@ -240,13 +248,15 @@ def continuation(model_dir: Path, out: Path | None, videos: int = 8) -> None:
     from streamingt2v.world.render import parse_caption, render, rng_for, sample_params
 
     pipe = StreamingT2VPipeline.from_pretrained(model_dir)
-    fc = pipe.config.stream.cond_frames
+    stream = pipe.config.stream
+    fc = stream.cond_frames
     rng = rng_for("continuation", 0)
     right, distances, rows = np.zeros(3), [], []
     for prompt in eval_prompts(videos, 0):
         words = parse_caption(prompt)
-        truth = render(sample_params(rng, **words), 16, size=pipe.frame_size[0])
-        new = regenerate_chunk(pipe, pipe.request(prompt, 24), 1, truth[:fc], truth[0])
+        truth = render(sample_params(rng, **words), stream.chunk_frames, size=pipe.frame_size[0])
+        request = pipe.request(prompt, stream.chunk_frames + stream.new_frames)  # two chunks
+        new = regenerate_chunk(pipe, request, 1, truth[:fc], truth[0])
         for made, expected in zip(new, truth[fc:], strict=True):
             got, want = read_frame(made), read_frame(expected)
             right += [
@@ -257,17 +267,15 @@ def continuation(model_dir: Path, out: Path | None, videos: int = 8) -> None:
             if got.centroid is not None and want.centroid is not None:
                 distances.append(float(np.hypot(*np.subtract(got.centroid, want.centroid))))
         rows += [np.concatenate(list(truth), 1), np.concatenate([*truth[:fc], *new], 1)]
-    n = videos * len(new)
+    n = videos * stream.new_frames
     print(
-        f"{videos} rendered videos continued by 8 frames: background {right[0] / n:.1%}, "
-        f"colour {right[1] / n:.1%}, shape {right[2] / n:.1%}; object found in "
-        f"{len(distances)}/{n}, median distance to the rendered track "
+        f"{videos} rendered videos continued by {stream.new_frames} frames: "
+        f"background {right[0] / n:.1%}, colour {right[1] / n:.1%}, shape {right[2] / n:.1%}; "
+        f"object found in {len(distances)}/{n}, median distance to the rendered track "
         f"{np.median(distances) if distances else float('nan'):.3f} frame widths"
     )
     if out is not None:
-        picture = np.concatenate(rows, 0)
-        height, width = picture.shape[:2]
-        Image.fromarray(picture).resize((width * 4, height * 4), Image.NEAREST).save(out)
+        save_rows(rows, out)
         print(f"wrote {out}: rendered video above its continuation (from frame {fc} on)")
 
 
@@ -275,7 +283,6 @@ def side_by_side(model_dir: Path, out: Path, prompts: int = 4, frames: int = 32)
     """A picture: for the first ``prompts`` evaluation prompts, every 4th frame of a
     generated video (seed 0) above a rendered video of the same caption (start position and
     speed differ: the caption does not fix them), each frame scaled 4x."""
-    from PIL import Image
     from world_eval import eval_prompts
 
     from streamingt2v import StreamingT2VPipeline
@@ -289,9 +296,7 @@ def side_by_side(model_dir: Path, out: Path, prompts: int = 4, frames: int = 32)
         truth = render(sample_params(rng, **parse_caption(prompt)), frames, size=video.shape[1])
         truth = truth[::4]
         rows += [np.concatenate(list(video), 1), np.concatenate(list(truth), 1)]
-    picture = np.concatenate(rows, 0)
-    height, width = picture.shape[:2]
-    Image.fromarray(picture).resize((width * 4, height * 4), Image.NEAREST).save(out)
+    save_rows(rows, out)
     print(f"wrote {out}: rows alternate generated / rendered, prompts {eval_prompts(prompts, 0)}")
 
 

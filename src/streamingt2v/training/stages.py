@@ -242,7 +242,8 @@ class LatentVideoStage(Stage):
         # all background and the object's colour is learnt last (as in the VAE stage).
         self.object_weight = cfg.options.get("object_weight", 0.0)
         # Where the CAM decides the continuation (the stream stage): the share of clips whose
-        # timestep is drawn from the upper half of the schedule instead of all of it.
+        # timestep is drawn from the upper half of the schedule instead of all of it. Our
+        # deviation for small CPU budgets (run v4); 0, the default, is the official uniform draw.
         self.high_noise = cfg.options.get("high_noise", 0.0)
         if not 0 <= self.high_noise <= 1:
             raise UsageError(f"options.high_noise must be in [0, 1], got {self.high_noise!r}")
