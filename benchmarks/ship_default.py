@@ -30,7 +30,9 @@ from streamingt2v.generate import DEFAULT_MODEL_DIR
 def lineage(folder: Path) -> list[Path]:
     """The training run that wrote ``folder`` (its ``final`` export) and every run its config
     names as an input (``init``, ``base``, ``vae``, ...), each earlier run before the runs
-    built on it; inputs that are not run exports (a text table) are skipped."""
+    built on it; inputs that are not run exports (a text table) are skipped. Paths are
+    resolved, so a run reached through a link (a remote run's inputs) is listed once."""
+    folder = folder.resolve()
     run = folder.parent
     state = run / "checkpoint" / "state.json"
     if folder.name != "final" or not state.is_file():

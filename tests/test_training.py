@@ -211,3 +211,25 @@ def test_train_cli_end_to_end_exports_a_loadable_pipeline(inputs, tmp_path):
     )
     assert (Path(cfg.out_dir) / "samples" / "sample_0.gif").is_file()
     assert (Path(cfg.out_dir) / "summary.json").is_file()
+
+
+def test_ship_lineage_lists_each_run_once_earliest_first(tmp_path, monkeypatch):
+    # benchmarks/ship_default.py: the runs behind a pipeline, followed through the inputs of
+    # each run's config, a run reached through a link (a remote run's inputs) counted once
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from ship_default import lineage
+
+    def run(name: str, **inputs: Path) -> Path:
+        (tmp_path / name / "final").mkdir(parents=True)
+        (tmp_path / name / "checkpoint").mkdir()
+        config = {"inputs": {k: str(v) for k, v in inputs.items()}}
+        (tmp_path / name / "checkpoint" / "state.json").write_text(json.dumps({"config": config}))
+        return tmp_path / name / "final"
+
+    vae = run("vae")
+    (tmp_path / "remote").mkdir()
+    (tmp_path / "remote" / "vae").symlink_to(tmp_path / "vae")
+    base = run("base", vae=tmp_path / "remote" / "vae" / "final", text_table=tmp_path / "t")
+    stream = run("stream", vae=vae, base=base)
+    assert [r.name for r in lineage(stream)] == ["vae", "base", "stream"]
+    assert lineage(tmp_path / "t") == []
