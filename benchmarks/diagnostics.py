@@ -4,6 +4,7 @@
     python benchmarks/diagnostics.py vae --vae DIR    # world checks after a VAE round trip
     python benchmarks/diagnostics.py x0 --unet DIR [--schedule S] [--prediction P]
     python benchmarks/diagnostics.py cam --model DIR  # does the CAM use its frames?
+    python benchmarks/diagnostics.py words --model DIR  # does the base use each caption word?
     python benchmarks/diagnostics.py readme --model DIR  # the shipping test's figures
     python benchmarks/diagnostics.py chunks --model DIR  # first chunk vs streaming chunks
     python benchmarks/diagnostics.py continuation --model DIR [--out PNG]  # CAM, end to end
@@ -14,6 +15,10 @@ uncut first videos, counted by AdaptiveDetector at several ``min_content_val`` f
 ``vae``: 12 rendered videos through the VAE and back, world checks before and after.
 ``x0``: a base UNet's error at several noise levels, as its prediction and as the clean
 latents it implies (the epsilon-at-high-noise problem of run v1).
+``words``: the base UNet's v-prediction error on the object's latent cells of rendered
+clips, with the true caption and with one word swapped (colour, shape, motion - a straight
+motion to its opposite -, background) or no caption: a word the model ignores costs nothing
+when swapped.
 ``continuation``: chunk 1 generated from a rendered video's first 8 frames and frame 0 (the
 CAM's and the APM's inputs), read against the rendered continuation.
 """
@@ -177,6 +182,76 @@ def cam_use(model_dir: Path) -> None:
             print(f"t={step}: " + ", ".join(parts))
 
 
+OPPOSITE = {
+    "moving left": "moving right",
+    "moving right": "moving left",
+    "moving up": "moving down",
+    "moving down": "moving up",
+    "bouncing": "circling",
+    "circling": "bouncing",
+}
+
+
+def swapped(caption: str, word: str) -> str:
+    """``caption`` with its ``word`` (colour, shape, motion, background) changed: the next
+    value of the vocabulary that keeps object and background apart, the opposite motion."""
+    from streamingt2v.world.render import BACKGROUNDS, COLOURS, SHAPES, parse_caption
+
+    w = parse_caption(caption)
+    if word == "motion":
+        w["motion"] = OPPOSITE[w["motion"]]
+    else:
+        values = list({"colour": COLOURS, "shape": SHAPES, "background": BACKGROUNDS}[word])
+        start = values.index(w[word])
+        w[word] = next(
+            v
+            for v in values[start + 1 :] + values[:start]
+            if v != (w["background"] if word == "colour" else w["colour"])
+        )
+    return f"a {w['colour']} {w['shape']} {w['motion']} on a {w['background']} background"
+
+
+def word_use(model_dir: Path, clips: int = 24) -> None:
+    from diffusers import DDPMScheduler
+
+    from streamingt2v import StreamingT2VPipeline
+    from streamingt2v.models.unet import unet_forward
+    from streamingt2v.training.stages import object_mask
+    from streamingt2v.world.dataset import WorldClips, clip_batch
+
+    pipe = StreamingT2VPipeline.from_pretrained(model_dir)
+    noise = DDPMScheduler.from_config(pipe.scheduler_config)
+    batch = clip_batch(WorldClips(16, 32, 600, seed=99), 0, clips)
+    video, captions = batch["video"], batch["caption"]
+    frames = video.permute(0, 2, 1, 3, 4).flatten(0, 1)  # (B*F, 3, H, W)
+    cases = {"true": captions, "none": [""] * clips}
+    cases |= {
+        w: [swapped(c, w) for c in captions] for w in ("colour", "shape", "motion", "background")
+    }
+    with torch.no_grad():
+        z0 = video_latents(pipe.vae, video)  # (B, C, F, h, w)
+        touched = torch.nn.functional.adaptive_max_pool2d(object_mask(frames), z0.shape[-2:])
+        cells = touched.unflatten(0, (clips, -1)).permute(0, 2, 1, 3, 4).bool()  # (B,1,F,h,w)
+        contexts = {name: pipe.text_encoder(c) for name, c in cases.items()}
+        generator = torch.Generator().manual_seed(0)
+        print(
+            f"{clips} clips; v-prediction error on the object's latent cells, true caption, "
+            "and with each word swapped (change against the true caption)"
+        )
+        for step in (200, 500, 800, 950):
+            eps = torch.randn(z0.shape, generator=generator)
+            t = torch.full((clips,), step)
+            x = noise.add_noise(z0, eps, t)
+            target = noise.get_velocity(z0, eps, t)
+            errors = {}
+            for name, context in contexts.items():
+                err = ((unet_forward(pipe.unet, x, t, context) - target) ** 2).mean(1, True)
+                errors[name] = err[cells].mean().item()
+            base = errors.pop("true")
+            parts = [f"{n} {e:.4f} ({(e / base - 1) * 100:+.0f}%)" for n, e in errors.items()]
+            print(f"t={step}: true {base:.4f}; " + ", ".join(parts))
+
+
 def readme_prompt(model_dir: Path, frames: int = 48) -> None:
     """The shipping test's figures (tests/test_default_model.py: the README's prompt, seed 0,
     24 frames) for any model folder, and each chunk's background and colour."""
@@ -304,7 +379,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "what",
-        choices=["scuts", "vae", "x0", "cam", "readme", "chunks", "continuation", "side-by-side"],
+        choices=[
+            "scuts",
+            "vae",
+            "x0",
+            "cam",
+            "words",
+            "readme",
+            "chunks",
+            "continuation",
+            "side-by-side",
+        ],
     )
     parser.add_argument("--model", type=Path, default=Path("src/streamingt2v/default_model"))
     parser.add_argument("--vae", type=Path, default=Path("runs/default/vae_sharp/final"))
@@ -321,6 +406,8 @@ def main() -> None:
         vae_round_trip(args.vae)
     elif args.what == "cam":
         cam_use(args.model)
+    elif args.what == "words":
+        word_use(args.model)
     elif args.what == "readme":
         readme_prompt(args.model)
     elif args.what == "chunks":
