@@ -4,7 +4,7 @@
     python benchmarks/diagnostics.py vae --vae DIR    # world checks after a VAE round trip
     python benchmarks/diagnostics.py x0 --unet DIR [--schedule S] [--prediction P]
     python benchmarks/diagnostics.py cam --model DIR  # does the CAM use its frames?
-    python benchmarks/diagnostics.py words --model DIR  # does the base use each caption word?
+    python benchmarks/diagnostics.py words --model DIR [--stream]  # does it use each word?
     python benchmarks/diagnostics.py readme --model DIR  # the shipping test's figures
     python benchmarks/diagnostics.py chunks --model DIR  # first chunk vs streaming chunks
     python benchmarks/diagnostics.py continuation --model DIR [--out PNG]  # CAM, end to end
@@ -18,7 +18,8 @@ latents it implies (the epsilon-at-high-noise problem of run v1).
 ``words``: the base UNet's v-prediction error on the object's latent cells of rendered
 clips, with the true caption and with one word swapped (colour, shape, motion - a straight
 motion to its opposite -, background) or no caption: a word the model ignores costs nothing
-when swapped.
+when swapped. ``--stream``: the streaming UNet with the clip's own conditioning frames and
+anchor, over the 8 new positions.
 ``continuation``: chunk 1 generated from a rendered video's first 8 frames and frame 0 (the
 CAM's and the APM's inputs), read against the rendered continuation.
 """
@@ -140,6 +141,13 @@ def x0_error(vae_dir: Path, unet_dir: Path, schedule: str, prediction: str | Non
             )
 
 
+def conditioning_frames(pipe, z0: torch.Tensor) -> torch.Tensor:
+    """The first ``cond_frames`` of each clip's latents as generated frames look: through the
+    VAE's decoder, as in training. (B, C, F, h, w) -> (B, 3, F_cond, H, W)."""
+    fc = pipe.config.stream.cond_frames
+    return torch.cat([pipe.decode_latents(z0[i : i + 1, :, :fc]) for i in range(len(z0))])
+
+
 def cam_use(model_dir: Path) -> None:
     """Does the streaming model use its conditioning frames? Its v-prediction error on
     rendered clips with the clip's own conditioning frames, with another clip's, and with
@@ -157,8 +165,7 @@ def cam_use(model_dir: Path) -> None:
     fc = pipe.config.stream.cond_frames
     with torch.no_grad():
         z0 = video_latents(pipe.vae, video)  # (B, C, F, h, w)
-        # conditioning frames as generated ones: through the VAE and back, as in training
-        cond = torch.cat([pipe.decode_latents(z0[i : i + 1, :, :fc]) for i in range(len(video))])
+        cond = conditioning_frames(pipe, z0)
         context = pipe.text_encoder(batch["caption"])
         embeds = pipe.image_encoder(batch["anchor"])
         generator = torch.Generator().manual_seed(0)
@@ -211,11 +218,14 @@ def swapped(caption: str, word: str) -> str:
     return f"a {w['colour']} {w['shape']} {w['motion']} on a {w['background']} background"
 
 
-def word_use(model_dir: Path, clips: int = 24) -> None:
+def word_use(model_dir: Path, stream: bool, clips: int = 24) -> None:
+    """With ``stream``, the streaming UNet given the clip's own conditioning frames (CAM) and
+    anchor (APM), over the 8 new positions; else the base UNet over all 16."""
     from diffusers import DDPMScheduler
 
     from streamingt2v import StreamingT2VPipeline
     from streamingt2v.models.unet import unet_forward
+    from streamingt2v.sampling import stream_model
     from streamingt2v.training.stages import object_mask
     from streamingt2v.world.dataset import WorldClips, clip_batch
 
@@ -233,10 +243,15 @@ def word_use(model_dir: Path, clips: int = 24) -> None:
         touched = torch.nn.functional.adaptive_max_pool2d(object_mask(frames), z0.shape[-2:])
         cells = touched.unflatten(0, (clips, -1)).permute(0, 2, 1, 3, 4).bool()  # (B,1,F,h,w)
         contexts = {name: pipe.text_encoder(c) for name, c in cases.items()}
+        if stream:
+            features = pipe.cam.embed_frames(conditioning_frames(pipe, z0))
+            embeds = pipe.image_encoder(batch["anchor"])
+            cells[:, :, : pipe.config.stream.cond_frames] = False
         generator = torch.Generator().manual_seed(0)
         print(
-            f"{clips} clips; v-prediction error on the object's latent cells, true caption, "
-            "and with each word swapped (change against the true caption)"
+            f"{clips} clips, {'streaming' if stream else 'base'} UNet; v-prediction error on "
+            "the object's latent cells, true caption, and with each word swapped (change "
+            "against the true caption)"
         )
         for step in (200, 500, 800, 950):
             eps = torch.randn(z0.shape, generator=generator)
@@ -245,7 +260,14 @@ def word_use(model_dir: Path, clips: int = 24) -> None:
             target = noise.get_velocity(z0, eps, t)
             errors = {}
             for name, context in contexts.items():
-                err = ((unet_forward(pipe.unet, x, t, context) - target) ** 2).mean(1, True)
+                if stream:
+                    model = stream_model(
+                        pipe.stream_unet, pipe.cam, pipe.apm, context, embeds, features
+                    )
+                    pred = model(x, t)
+                else:
+                    pred = unet_forward(pipe.unet, x, t, context)
+                err = ((pred - target) ** 2).mean(1, True)
                 errors[name] = err[cells].mean().item()
             base = errors.pop("true")
             parts = [f"{n} {e:.4f} ({(e / base - 1) * 100:+.0f}%)" for n, e in errors.items()]
@@ -399,6 +421,7 @@ def main() -> None:
         "--prediction", choices=["epsilon", "v_prediction"], help="what the UNet predicts"
     )
     parser.add_argument("--out", type=Path, help="side-by-side, continuation: a PNG")
+    parser.add_argument("--stream", action="store_true", help="words: the streaming UNet")
     args = parser.parse_args()
     if args.what == "scuts":
         scuts()
@@ -407,7 +430,7 @@ def main() -> None:
     elif args.what == "cam":
         cam_use(args.model)
     elif args.what == "words":
-        word_use(args.model)
+        word_use(args.model, args.stream)
     elif args.what == "readme":
         readme_prompt(args.model)
     elif args.what == "chunks":

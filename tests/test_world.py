@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -110,3 +112,23 @@ def test_dataset_clip_and_anchor():
     assert item["video"].shape == (3, 16, 32, 32) and item["video"].min() >= -1
     assert item["caption"] == clip.params.caption
     assert np.array_equal(data.clip(7).frames, clip.frames)  # deterministic per index
+
+
+def test_swapped_caption_changes_one_word_and_keeps_object_off_background(monkeypatch):
+    # benchmarks/diagnostics.py words: captions with one word changed
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from diagnostics import swapped
+
+    for caption in (
+        "a white square moving up on a black background",
+        "a red circle circling on a white background",
+    ):
+        true = parse_caption(caption)
+        for word in ("colour", "shape", "motion", "background"):
+            new = parse_caption(swapped(caption, word))
+            assert [k for k in true if new[k] != true[k]] == [word]
+            assert new["colour"] != new["background"]
+    assert (
+        parse_caption(swapped("a red circle moving left on a black background", "motion"))["motion"]
+        == "moving right"
+    )
