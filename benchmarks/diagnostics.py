@@ -7,7 +7,7 @@
     python benchmarks/diagnostics.py words --model DIR [--stream]  # does it use each word?
     python benchmarks/diagnostics.py readme --model DIR  # the shipping test's figures
     python benchmarks/diagnostics.py chunks --model DIR  # first chunk vs streaming chunks
-    python benchmarks/diagnostics.py continuation --model DIR [--out PNG]  # CAM, end to end
+    python benchmarks/diagnostics.py continuation --model DIR [--out PNG] [--guidance G]
     python benchmarks/diagnostics.py side-by-side --model DIR --out PNG  # generated vs rendered
 
 ``scuts``: 8 pairs of world videos with the same background, cut at frame 24, and the
@@ -330,13 +330,15 @@ def save_rows(rows: list[np.ndarray], out: Path) -> None:
     Image.fromarray(picture).resize((width * 4, height * 4), Image.NEAREST).save(out)
 
 
-def continuation(model_dir: Path, out: Path | None, videos: int = 8) -> None:
+def continuation(
+    model_dir: Path, out: Path | None, guidance: float | None = None, videos: int = 8
+) -> None:
     """Does the streaming stage continue a video it is handed? For ``videos`` evaluation
     prompts (seed 0 each), render 16 frames, generate chunk 1 from the first 8 (conditioning
-    frames) and frame 0 (anchor) with the model's sampling defaults, and read the 8 new
-    frames against rendered frames 8-15: background, colour and shape right, and the
-    distance between the object's centroids (in frame widths). With ``out``: a picture, each
-    rendered video above its continuation."""
+    frames) and frame 0 (anchor) with the model's sampling defaults (``guidance`` if given),
+    and read the 8 new frames against rendered frames 8-15: background, colour and shape
+    right, and the distance between the object's centroids (in frame widths). With ``out``:
+    a picture, each rendered video above its continuation."""
     from world_eval import eval_prompts
 
     from streamingt2v import StreamingT2VPipeline
@@ -352,7 +354,8 @@ def continuation(model_dir: Path, out: Path | None, videos: int = 8) -> None:
     for prompt in eval_prompts(videos, 0):
         words = parse_caption(prompt)
         truth = render(sample_params(rng, **words), stream.chunk_frames, size=pipe.frame_size[0])
-        request = pipe.request(prompt, stream.chunk_frames + stream.new_frames)  # two chunks
+        two_chunks = stream.chunk_frames + stream.new_frames
+        request = pipe.request(prompt, two_chunks, guidance=guidance)
         new = regenerate_chunk(pipe, request, 1, truth[:fc], truth[0])
         for made, expected in zip(new, truth[fc:], strict=True):
             got, want = read_frame(made), read_frame(expected)
@@ -422,6 +425,7 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, help="side-by-side, continuation: a PNG")
     parser.add_argument("--stream", action="store_true", help="words: the streaming UNet")
+    parser.add_argument("--guidance", type=float, help="continuation: instead of the model's")
     args = parser.parse_args()
     if args.what == "scuts":
         scuts()
@@ -436,7 +440,7 @@ def main() -> None:
     elif args.what == "chunks":
         chunk_quality(args.model)
     elif args.what == "continuation":
-        continuation(args.model, args.out)
+        continuation(args.model, args.out, args.guidance)
     elif args.what == "side-by-side":
         side_by_side(args.model, args.out or Path("side_by_side.png"))
     else:

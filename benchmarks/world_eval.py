@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--scheduler", default=None)
+    parser.add_argument("--guidance", type=float, default=None, help="instead of the model's")
     parser.add_argument(
         "--method", default="streamingt2v", help="the method or a baseline/ablation (METHODS)"
     )
@@ -91,7 +92,8 @@ def main() -> None:
         parser.error("--model is required (or --summarize FILE)")
     table = PromptTable.load(args.text_table) if args.text_table else None
     pipe = StreamingT2VPipeline.from_pretrained(args.model, args.device, text_encoder=table)
-    settings = {k: v for k, v in (("steps", args.steps), ("scheduler", args.scheduler)) if v}
+    chosen = (("steps", args.steps), ("scheduler", args.scheduler), ("guidance", args.guidance))
+    settings = {k: v for k, v in chosen if v is not None}
     settings["method"] = args.method
     args.out.mkdir(parents=True, exist_ok=True)
     done, done_long = earlier_rows(args) if args.resume else ([], [])
@@ -142,7 +144,17 @@ def main() -> None:
 
 
 # What a resumed run must share with the saved one for their videos to be the same.
-SAME = ("model", "frames", "long_frames", "seed", "steps", "scheduler", "method", "text_table")
+SAME = (
+    "model",
+    "frames",
+    "long_frames",
+    "seed",
+    "steps",
+    "scheduler",
+    "guidance",
+    "method",
+    "text_table",
+)
 
 
 def earlier_rows(args) -> tuple[list[dict], list[dict]]:
