@@ -70,6 +70,9 @@ def main() -> None:
     parser.add_argument("--scheduler", default=None)
     parser.add_argument("--guidance", type=float, default=None, help="instead of the model's")
     parser.add_argument(
+        "--stream-guidance", type=float, default=None, help="the streaming chunks' guidance"
+    )
+    parser.add_argument(
         "--method", default="streamingt2v", help="the method or a baseline/ablation (METHODS)"
     )
     parser.add_argument("--out", type=Path, default=Path("docs/eval"))
@@ -92,7 +95,12 @@ def main() -> None:
         parser.error("--model is required (or --summarize FILE)")
     table = PromptTable.load(args.text_table) if args.text_table else None
     pipe = StreamingT2VPipeline.from_pretrained(args.model, args.device, text_encoder=table)
-    chosen = (("steps", args.steps), ("scheduler", args.scheduler), ("guidance", args.guidance))
+    chosen = (
+        ("steps", args.steps),
+        ("scheduler", args.scheduler),
+        ("guidance", args.guidance),
+        ("stream_guidance", args.stream_guidance),
+    )
     settings = {k: v for k, v in chosen if v is not None}
     settings["method"] = args.method
     args.out.mkdir(parents=True, exist_ok=True)
@@ -152,6 +160,7 @@ SAME = (
     "steps",
     "scheduler",
     "guidance",
+    "stream_guidance",
     "method",
     "text_table",
 )

@@ -70,6 +70,17 @@ def test_conditioning_frames_steer_the_next_chunk(trained_like_pipe):
     )
 
 
+def test_stream_guidance_changes_only_the_streaming_chunks(trained_like_pipe):
+    run = dict(seed=3, steps=2, guidance=7.5)
+    same = trained_like_pipe("a red circle", 32, **run).frames
+    unset = trained_like_pipe("a red circle", 32, stream_guidance=7.5, **run).frames
+    lower = trained_like_pipe("a red circle", 32, stream_guidance=1.0, **run).frames
+    assert np.array_equal(same, unset)  # None means the first chunk's guidance
+    assert np.array_equal(lower[:16], same[:16])  # the first chunk keeps --guidance
+    assert not np.array_equal(lower[16:24], same[16:24])
+    assert trained_like_pipe.request("a red circle", 32, guidance=5.0).sample.chunk_guidance == 5.0
+
+
 def test_chunk_seeds_are_distinct_and_stable():
     seeds = {chunk_seed(0, k) for k in range(200)} | {chunk_seed(1, k) for k in range(200)}
     assert len(seeds) == 400
@@ -90,6 +101,7 @@ def test_dpm_solver_runs_and_differs_from_ddim(tiny_pipe):
         (dict(num_frames=2.5), "frames"),
         (dict(steps=0), "steps"),
         (dict(guidance=-1.0), "guidance"),
+        (dict(stream_guidance=-0.5), "stream guidance"),
         (dict(scheduler="euler"), "scheduler"),
         (dict(seed=-3), "seed"),
     ],

@@ -104,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="classifier-free guidance scale >= 0 (default: the model's, 7.5)",
     )
     gen.add_argument(
+        "--stream-guidance",
+        type=_float,
+        default=None,
+        help="guidance of the streaming chunks >= 0 (default: the model's, else --guidance)",
+    )
+    gen.add_argument(
         "--negative-prompt", default=None, help="negative prompt for guidance (default: empty)"
     )
     gen.add_argument(
@@ -335,6 +341,7 @@ def _generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         steps=args.steps,
         guidance=args.guidance,
+        stream_guidance=args.stream_guidance,
         scheduler=args.scheduler,
         negative_prompt=args.negative_prompt,
         model=args.model,

@@ -115,16 +115,25 @@ class SampleConfig:
     # DDIM's eta; 1.0 is the official setting (stochastic DDIM). Unused by DPM-Solver++.
     eta: float = 1.0
     negative_prompt: str = ""
+    # The streaming chunks' guidance (CAM + APM model); None: ``guidance``, as officially.
+    stream_guidance: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise UsageError(f"steps must be an integer >= 1, got {self.steps!r}")
         if not self.guidance >= 0:  # also rejects NaN
             raise UsageError(f"guidance must be >= 0, got {self.guidance!r}")
+        if self.stream_guidance is not None and not self.stream_guidance >= 0:
+            raise UsageError(f"stream guidance must be >= 0, got {self.stream_guidance!r}")
         if self.scheduler not in SCHEDULERS:
             raise UsageError(f"unknown scheduler {self.scheduler!r}; choose one of {SCHEDULERS}")
         if not 0.0 <= self.eta <= 1.0:
             raise UsageError(f"eta must be in [0, 1], got {self.eta!r}")
+
+    @property
+    def chunk_guidance(self) -> float:
+        """The guidance of the streaming chunks (the first chunk's is ``guidance``)."""
+        return self.guidance if self.stream_guidance is None else self.stream_guidance
 
 
 C = TypeVar("C")

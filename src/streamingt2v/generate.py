@@ -50,6 +50,7 @@ class GenerateConfig:
     guidance: float | None = None
     scheduler: str | None = None
     negative_prompt: str | None = None
+    stream_guidance: float | None = None  # None: the model's (its guidance, if it has none)
     model: Path | None = None  # None: the embedded default model shipped in the package
     fps: int | None = None  # None: the model's training frame rate (8 for the paper's models)
     overwrite: bool = False
@@ -76,6 +77,7 @@ class GenerateConfig:
                 steps=1 if self.steps is None else self.steps,
                 guidance=0.0 if self.guidance is None else self.guidance,
                 scheduler="ddim" if self.scheduler is None else self.scheduler,
+                stream_guidance=self.stream_guidance,
             ),
             (self.height or 1, self.width or 1),
             self.method,
@@ -227,6 +229,7 @@ def _load_run(config: GenerateConfig):
         guidance=config.guidance,
         scheduler=config.scheduler,
         negative_prompt=config.negative_prompt,
+        stream_guidance=config.stream_guidance,
         height=config.height,
         width=config.width,
         method=config.method,
@@ -376,6 +379,7 @@ def _settings(request: Request) -> dict[str, Any]:
         seed=request.seed,
         steps=s.steps,
         guidance=s.guidance,
+        stream_guidance=s.chunk_guidance,
         scheduler=s.scheduler,
         negative_prompt=s.negative_prompt,
         height=request.size[0],

@@ -327,6 +327,7 @@ class StreamingT2VPipeline:
         guidance: float | None = None,
         scheduler: str | None = None,
         negative_prompt: str | None = None,
+        stream_guidance: float | None = None,
         height: int | None = None,
         width: int | None = None,
         method: str = "streamingt2v",
@@ -342,6 +343,9 @@ class StreamingT2VPipeline:
             negative_prompt=defaults.negative_prompt
             if negative_prompt is None
             else negative_prompt,
+            stream_guidance=defaults.stream_guidance
+            if stream_guidance is None
+            else stream_guidance,
         )
         native = self.frame_size
         size = (native[0] if height is None else height, native[1] if width is None else width)
@@ -356,7 +360,8 @@ class StreamingT2VPipeline:
     ) -> Iterator[VideoChunk]:
         """Yield chunks of new frames as they are made (constant memory in the video length).
 
-        Settings: seed, steps, guidance, scheduler ("ddim" or "dpm"), negative_prompt,
+        Settings: seed, steps, guidance, stream_guidance (the streaming chunks'; None: guidance),
+        scheduler ("ddim" or "dpm"), negative_prompt,
         height, width, method (``streaming.METHODS``: the method or a baseline/ablation).
         """
         return stream(self, self.request(prompt, num_frames, **settings), progress=progress)

@@ -139,7 +139,7 @@ def generate_chunk(
             context,
             image_embeds,
             cond_frames,
-            request.sample.guidance,
+            request.sample.chunk_guidance,
         )
     latents = sample(
         denoise,
