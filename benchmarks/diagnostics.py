@@ -5,7 +5,7 @@
     python benchmarks/diagnostics.py x0 --unet DIR [--schedule S] [--prediction P]
     python benchmarks/diagnostics.py cam --model DIR  # does the CAM use its frames?
     python benchmarks/diagnostics.py words --model DIR [--stream]  # does it use each word?
-    python benchmarks/diagnostics.py readme --model DIR  # the shipping test's figures
+    python benchmarks/diagnostics.py readme --model DIR [--guidance G] [--stream-guidance G]
     python benchmarks/diagnostics.py chunks --model DIR  # first chunk vs streaming chunks
     python benchmarks/diagnostics.py continuation --model DIR [--out PNG] [--guidance G]
     python benchmarks/diagnostics.py side-by-side --model DIR --out PNG  # generated vs rendered
@@ -274,15 +274,17 @@ def word_use(model_dir: Path, stream: bool, clips: int = 24) -> None:
             print(f"t={step}: true {base:.4f}; " + ", ".join(parts))
 
 
-def readme_prompt(model_dir: Path, frames: int = 48) -> None:
+def readme_prompt(model_dir: Path, frames: int = 48, **settings) -> None:
     """The shipping test's figures (tests/test_default_model.py: the README's prompt, seed 0,
-    24 frames) for any model folder, and each chunk's background and colour."""
+    24 frames) for any model folder, and each chunk's background and colour; ``settings``
+    (guidance, stream_guidance) override the model's sampling defaults."""
     from streamingt2v import StreamingT2VPipeline
     from streamingt2v.metrics.world_checks import check_video
     from streamingt2v.world.render import parse_caption
 
     prompt = "a red circle moving right on a black background"
-    video = StreamingT2VPipeline.from_pretrained(model_dir)(prompt, frames, seed=0).frames
+    pipe = StreamingT2VPipeline.from_pretrained(model_dir)
+    video = pipe(prompt, frames, seed=0, **settings).frames
     report = check_video(video[:24], parse_caption(prompt))
     print(
         f"first 24 frames: background right {report.background_right:.1%} (test: >= 90%), "
@@ -425,7 +427,12 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, help="side-by-side, continuation: a PNG")
     parser.add_argument("--stream", action="store_true", help="words: the streaming UNet")
-    parser.add_argument("--guidance", type=float, help="continuation: instead of the model's")
+    parser.add_argument(
+        "--guidance", type=float, help="continuation, readme: instead of the model's"
+    )
+    parser.add_argument(
+        "--stream-guidance", type=float, help="readme: the streaming chunks' guidance"
+    )
     args = parser.parse_args()
     if args.what == "scuts":
         scuts()
@@ -436,7 +443,8 @@ def main() -> None:
     elif args.what == "words":
         word_use(args.model, args.stream)
     elif args.what == "readme":
-        readme_prompt(args.model)
+        chosen = {"guidance": args.guidance, "stream_guidance": args.stream_guidance}
+        readme_prompt(args.model, **{k: v for k, v in chosen.items() if v is not None})
     elif args.what == "chunks":
         chunk_quality(args.model)
     elif args.what == "continuation":
