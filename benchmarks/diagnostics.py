@@ -226,22 +226,20 @@ def word_use(model_dir: Path, stream: bool, clips: int = 24) -> None:
     from streamingt2v import StreamingT2VPipeline
     from streamingt2v.models.unet import unet_forward
     from streamingt2v.sampling import stream_model
-    from streamingt2v.training.stages import object_mask
+    from streamingt2v.training.stages import object_cells
     from streamingt2v.world.dataset import WorldClips, clip_batch
 
     pipe = StreamingT2VPipeline.from_pretrained(model_dir)
     noise = DDPMScheduler.from_config(pipe.scheduler_config)
     batch = clip_batch(WorldClips(16, 32, 600, seed=99), 0, clips)
     video, captions = batch["video"], batch["caption"]
-    frames = video.permute(0, 2, 1, 3, 4).flatten(0, 1)  # (B*F, 3, H, W)
     cases = {"true": captions, "none": [""] * clips}
     cases |= {
         w: [swapped(c, w) for c in captions] for w in ("colour", "shape", "motion", "background")
     }
     with torch.no_grad():
         z0 = video_latents(pipe.vae, video)  # (B, C, F, h, w)
-        touched = torch.nn.functional.adaptive_max_pool2d(object_mask(frames), z0.shape[-2:])
-        cells = touched.unflatten(0, (clips, -1)).permute(0, 2, 1, 3, 4).bool()  # (B,1,F,h,w)
+        cells = object_cells(video, z0.shape[-2:]).bool()  # (B, 1, F, h, w)
         contexts = {name: pipe.text_encoder(c) for name, c in cases.items()}
         if stream:
             features = pipe.cam.embed_frames(conditioning_frames(pipe, z0))

@@ -170,6 +170,14 @@ def object_mask(frames: torch.Tensor) -> torch.Tensor:
     return ((frames - background).abs().sum(1, keepdim=True) > 0.15).float()
 
 
+def object_cells(video: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, 3, F, H, W) pixels -> (B, 1, F, h, w): 1 on each latent cell of side ``size`` that
+    the object touches in that frame."""
+    frames = video.permute(0, 2, 1, 3, 4).flatten(0, 1)  # (B*F, 3, H, W)
+    touched = nn.functional.adaptive_max_pool2d(object_mask(frames), size)  # (B*F, 1, h, w)
+    return touched.unflatten(0, (len(video), -1)).permute(0, 2, 1, 3, 4)
+
+
 def _static_key(caption: str) -> tuple[str, str, str]:
     words = parse_caption(caption)
     return words["colour"], words["shape"], words["background"]
@@ -281,10 +289,7 @@ class LatentVideoStage(Stage):
         F, H, W) ``video`` weighted 1 + ``options.object_weight``."""
         if not self.object_weight:
             return nn.functional.mse_loss(pred, target)
-        frames = video.permute(0, 2, 1, 3, 4).flatten(0, 1).to(self.device)  # (B*F, 3, H, W)
-        touched = nn.functional.adaptive_max_pool2d(object_mask(frames), pred.shape[-2:])
-        weight = 1 + self.object_weight * touched.unflatten(0, (len(video), -1))  # (B,F,1,h,w)
-        weight = weight.permute(0, 2, 1, 3, 4)  # (B, 1, F, h, w)
+        weight = 1 + self.object_weight * object_cells(video.to(self.device), pred.shape[-2:])
         return ((pred - target) ** 2 * weight).sum() / (weight.sum() * pred.shape[1])
 
     def pipeline(self, unet, **streaming) -> StreamingT2VPipeline:
