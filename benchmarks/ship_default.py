@@ -30,13 +30,15 @@ from streamingt2v.generate import DEFAULT_MODEL_DIR
 def lineage(folder: Path) -> list[Path]:
     """The training run that wrote ``folder`` (its ``final`` export) and every run its config
     names as an input (``init``, ``base``, ``vae``, ...), each earlier run before the runs
-    built on it; inputs that are not run exports (a text table) are skipped. Paths are
-    resolved, so a run reached through a link (a remote run's inputs) is listed once."""
+    built on it. An input taken from an earlier shipped folder (one with ``training.json``:
+    the folder or a part of it) stands for that ship's records and is listed as the folder;
+    other inputs that are not run exports (a text table) are skipped. Paths are resolved, so
+    a run reached through a link (a remote run's inputs) is listed once."""
     folder = folder.resolve()
     run = folder.parent
     state = run / "checkpoint" / "state.json"
     if folder.name != "final" or not state.is_file():
-        return []
+        return [f for f in (folder, folder.parent) if (f / "training.json").is_file()][:1]
     runs: list[Path] = []
     for path in json.loads(state.read_text())["config"]["inputs"].values():
         runs += [r for r in lineage(Path(path)) if r not in runs]
@@ -72,6 +74,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR)
     parser.add_argument("--steps", type=int, default=None, help="default sampling steps")
     parser.add_argument("--scheduler", default=None, help="default scheduler (ddim or dpm)")
+    parser.add_argument(
+        "--stream-guidance", type=float, default=None, help="the streaming chunks' guidance"
+    )
     parser.add_argument("--enhancer", type=Path, default=None, help="enhancer folder to ship")
     parser.add_argument(
         "--enhancer-guidance", type=float, default=None, help="the enhancer's default guidance"
@@ -83,6 +88,8 @@ def main() -> None:
         pipe.config.sample.steps = args.steps
     if args.scheduler:
         pipe.config.sample.scheduler = args.scheduler
+    if args.stream_guidance is not None:
+        pipe.config.sample.stream_guidance = args.stream_guidance
     tmp = args.out.with_name(args.out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.to("cpu", torch.float16).save_pretrained(tmp)
@@ -99,6 +106,11 @@ def main() -> None:
     stages = {}
     runs = lineage(args.pipeline) + (lineage(args.enhancer) if args.enhancer else [])
     for run in dict.fromkeys(runs):
+        if (run / "training.json").is_file():  # an earlier ship: its records and curves
+            stages.update(json.loads((run / "training.json").read_text()))
+            for curve in run.glob("loss_*.png"):
+                shutil.copy(curve, tmp / curve.name)
+            continue
         stages[run.name] = {
             "summary": json.loads((run / "summary.json").read_text()),
             "config": json.loads((run / "checkpoint" / "state.json").read_text())["config"],

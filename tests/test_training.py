@@ -233,3 +233,8 @@ def test_ship_lineage_lists_each_run_once_earliest_first(tmp_path, monkeypatch):
     stream = run("stream", vae=vae, base=base)
     assert [r.name for r in lineage(stream)] == ["vae", "base", "stream"]
     assert lineage(tmp_path / "t") == []
+    # an input from an earlier shipped folder (or a part of it) stands for that ship's records
+    (tmp_path / "shipped" / "unet").mkdir(parents=True)
+    (tmp_path / "shipped" / "training.json").write_text("{}")
+    again = run("again", base=tmp_path / "shipped" / "unet", init=tmp_path / "shipped")
+    assert [r.name for r in lineage(again)] == ["shipped", "again"]
