@@ -5,9 +5,11 @@
 
 Writes ``src/streamingt2v/default_model/``: the pipeline folder (weights stored as fp16
 safetensors; loaded back as float32 on CPU), a loss-curve PNG per run behind the weights
-(the runs the pipeline's run config names as inputs, recursively) and ``training.json`` (each
-run's config and summary); ``MODEL_CARD.md`` beside them is written by hand from these
-and the evaluation.
+(the runs the pipeline's run config names as inputs, recursively; an input taken from an
+earlier ship brings that ship's curves and records) and ``training.json`` (each run's config
+and summary); ``MODEL_CARD.md`` beside them is written by hand from these and the
+evaluation. ``--steps``, ``--scheduler`` and ``--stream-guidance`` set the shipped sampling
+defaults.
 """
 
 from __future__ import annotations
