@@ -202,7 +202,13 @@ OPPOSITE = {
 def swapped(caption: str, word: str) -> str:
     """``caption`` with its ``word`` (colour, shape, motion, background) changed: the next
     value of the vocabulary that keeps object and background apart, the opposite motion."""
-    from streamingt2v.world.render import BACKGROUNDS, COLOURS, SHAPES, parse_caption
+    from streamingt2v.world.render import (
+        BACKGROUNDS,
+        COLOURS,
+        SHAPES,
+        caption_of,
+        parse_caption,
+    )
 
     w = parse_caption(caption)
     if word == "motion":
@@ -215,7 +221,7 @@ def swapped(caption: str, word: str) -> str:
             for v in values[start + 1 :] + values[:start]
             if v != (w["background"] if word == "colour" else w["colour"])
         )
-    return f"a {w['colour']} {w['shape']} {w['motion']} on a {w['background']} background"
+    return caption_of(**w)
 
 
 def word_use(model_dir: Path, stream: bool, clips: int = 24) -> None:
@@ -272,17 +278,22 @@ def word_use(model_dir: Path, stream: bool, clips: int = 24) -> None:
             print(f"t={step}: true {base:.4f}; " + ", ".join(parts))
 
 
-def readme_prompt(model_dir: Path, frames: int = 48, **settings) -> None:
+def readme_prompt(
+    model_dir: Path,
+    guidance: float | None = None,
+    stream_guidance: float | None = None,
+    frames: int = 48,
+) -> None:
     """The shipping test's figures (tests/test_default_model.py: the README's prompt, seed 0,
-    24 frames) for any model folder, and each chunk's background and colour; ``settings``
-    (guidance, stream_guidance) override the model's sampling defaults."""
+    24 frames) for any model folder, and each chunk's background and colour; ``guidance``
+    and ``stream_guidance`` (None: the model's) override its sampling defaults."""
     from streamingt2v import StreamingT2VPipeline
     from streamingt2v.metrics.world_checks import check_video
     from streamingt2v.world.render import parse_caption
 
     prompt = "a red circle moving right on a black background"
     pipe = StreamingT2VPipeline.from_pretrained(model_dir)
-    video = pipe(prompt, frames, seed=0, **settings).frames
+    video = pipe(prompt, frames, seed=0, guidance=guidance, stream_guidance=stream_guidance).frames
     report = check_video(video[:24], parse_caption(prompt))
     print(
         f"first 24 frames: background right {report.background_right:.1%} (test: >= 90%), "
@@ -441,8 +452,7 @@ def main() -> None:
     elif args.what == "words":
         word_use(args.model, args.stream)
     elif args.what == "readme":
-        chosen = {"guidance": args.guidance, "stream_guidance": args.stream_guidance}
-        readme_prompt(args.model, **{k: v for k, v in chosen.items() if v is not None})
+        readme_prompt(args.model, args.guidance, args.stream_guidance)
     elif args.what == "chunks":
         chunk_quality(args.model)
     elif args.what == "continuation":

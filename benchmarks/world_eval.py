@@ -95,14 +95,13 @@ def main() -> None:
         parser.error("--model is required (or --summarize FILE)")
     table = PromptTable.load(args.text_table) if args.text_table else None
     pipe = StreamingT2VPipeline.from_pretrained(args.model, args.device, text_encoder=table)
-    chosen = (
-        ("steps", args.steps),
-        ("scheduler", args.scheduler),
-        ("guidance", args.guidance),
-        ("stream_guidance", args.stream_guidance),
+    settings = dict(  # None: the model's default
+        steps=args.steps,
+        scheduler=args.scheduler,
+        guidance=args.guidance,
+        stream_guidance=args.stream_guidance,
+        method=args.method,
     )
-    settings = {k: v for k, v in chosen if v is not None}
-    settings["method"] = args.method
     args.out.mkdir(parents=True, exist_ok=True)
     done, done_long = earlier_rows(args) if args.resume else ([], [])
     rows = []

@@ -76,7 +76,7 @@ class WorldParams:
 
     @property
     def caption(self) -> str:
-        return f"a {self.colour} {self.shape} {self.motion} on a {self.background} background"
+        return caption_of(self.colour, self.shape, self.motion, self.background)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -113,8 +113,13 @@ def sample_params(rng: np.random.Generator, **fixed: str) -> WorldParams:
     )
 
 
+def caption_of(colour: str, shape: str, motion: str, background: str) -> str:
+    """The world's caption of these words (``WorldParams.caption``)."""
+    return f"a {colour} {shape} {motion} on a {background} background"
+
+
 def parse_caption(caption: str) -> dict[str, str]:
-    """Inverse of ``WorldParams.caption``: the words of a world prompt, or ValueError."""
+    """Inverse of ``caption_of``: the words of a world prompt, or ValueError."""
     words = caption.strip().removeprefix("a ").removesuffix(" background").split(" on a ")
     if len(words) != 2:
         raise ValueError(f"not a shapes-world caption: {caption!r}")
