@@ -7,7 +7,8 @@
     python benchmarks/diagnostics.py words --model DIR [--stream]  # does it use each word?
     python benchmarks/diagnostics.py readme --model DIR [--guidance G] [--stream-guidance G]
     python benchmarks/diagnostics.py chunks --model DIR  # first chunk vs streaming chunks
-    python benchmarks/diagnostics.py continuation --model DIR [--out PNG] [--guidance G]
+    python benchmarks/diagnostics.py continuation --model DIR [--stream-guidance G]
+        [--replace-overlap] [--against] [--videos N] [--out PNG]
     python benchmarks/diagnostics.py side-by-side --model DIR --out PNG  # generated vs rendered
 
 ``scuts``: 8 pairs of world videos with the same background, cut at frame 24, and the
@@ -342,18 +343,31 @@ def save_rows(rows: list[np.ndarray], out: Path) -> None:
 
 
 def continuation(
-    model_dir: Path, out: Path | None, guidance: float | None = None, videos: int = 8
+    model_dir: Path,
+    out: Path | None,
+    stream_guidance: float | None = None,
+    videos: int = 8,
+    replace_overlap: bool = False,
+    against: bool = False,
 ) -> None:
     """Does the streaming stage continue a video it is handed? For ``videos`` evaluation
     prompts (seed 0 each), render 16 frames, generate chunk 1 from the first 8 (conditioning
-    frames) and frame 0 (anchor) with the model's sampling defaults (``guidance`` if given),
-    and read the 8 new frames against rendered frames 8-15: background, colour and shape
-    right, and the distance between the object's centroids (in frame widths). With ``out``:
-    a picture, each rendered video above its continuation."""
+    frames) and frame 0 (anchor) with the model's sampling defaults (``stream_guidance``,
+    ``replace_overlap`` if given), and read the 8 new frames against rendered frames 8-15:
+    background, colour and shape right, the distance between the object's centroids (in
+    frame widths), and for the straight motions the direction of travel from the last
+    conditioning frame to the last new frame. ``against``: the rendered videos of straight
+    motions move the opposite way to the prompt's (does the text or the frames decide?).
+    With ``out``: a picture, each rendered video above its continuation."""
     from world_eval import eval_prompts
 
     from streamingt2v import StreamingT2VPipeline
-    from streamingt2v.metrics.world_checks import read_frame
+    from streamingt2v.metrics.world_checks import (
+        STRAIGHT,
+        direction_of,
+        read_frame,
+        wrapped_steps,
+    )
     from streamingt2v.streaming import regenerate_chunk
     from streamingt2v.world.render import parse_caption, render, rng_for, sample_params
 
@@ -361,13 +375,26 @@ def continuation(
     stream = pipe.config.stream
     fc = stream.cond_frames
     rng = rng_for("continuation", 0)
-    right, distances, rows = np.zeros(3), [], []
+    right, distances, rows, headings = np.zeros(3), [], [], []
     for prompt in eval_prompts(videos, 0):
         words = parse_caption(prompt)
-        truth = render(sample_params(rng, **words), stream.chunk_frames, size=pipe.frame_size[0])
+        shown = dict(words)
+        if against and words["motion"] in STRAIGHT:
+            shown["motion"] = OPPOSITE[words["motion"]]
+        truth = render(sample_params(rng, **shown), stream.chunk_frames, size=pipe.frame_size[0])
         two_chunks = stream.chunk_frames + stream.new_frames
-        request = pipe.request(prompt, two_chunks, guidance=guidance)
+        request = pipe.request(
+            prompt, two_chunks, stream_guidance=stream_guidance, replace_overlap=replace_overlap
+        )
         new = regenerate_chunk(pipe, request, 1, truth[:fc], truth[0])
+        if words["motion"] in STRAIGHT:
+            track = [read_frame(f).centroid for f in (truth[fc - 1], *new)]
+            track = np.array([c if c else (np.nan, np.nan) for c in track])
+            steps = wrapped_steps(track)
+            steps = steps[~np.isnan(steps).any(axis=1)]
+            if len(steps):
+                heading = direction_of(steps.sum(axis=0))
+                headings.append((heading == words["motion"], heading == shown["motion"]))
         for made, expected in zip(new, truth[fc:], strict=True):
             got, want = read_frame(made), read_frame(expected)
             right += [
@@ -380,10 +407,14 @@ def continuation(
         rows += [np.concatenate(list(truth), 1), np.concatenate([*truth[:fc], *new], 1)]
     n = videos * stream.new_frames
     print(
+        f"stream guidance {request.sample.chunk_guidance}, replace_overlap "
+        f"{request.sample.replace_overlap}: "
         f"{videos} rendered videos continued by {stream.new_frames} frames: "
         f"background {right[0] / n:.1%}, colour {right[1] / n:.1%}, shape {right[2] / n:.1%}; "
         f"object found in {len(distances)}/{n}, median distance to the rendered track "
-        f"{np.median(distances) if distances else float('nan'):.3f} frame widths"
+        f"{np.median(distances) if distances else float('nan'):.3f} frame widths; "
+        f"of {len(headings)} straight motions, travelling the prompt's way "
+        f"{sum(h[0] for h in headings)}, the conditioning frames' way {sum(h[1] for h in headings)}"
     )
     if out is not None:
         save_rows(rows, out)
@@ -436,11 +467,16 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, help="side-by-side, continuation: a PNG")
     parser.add_argument("--stream", action="store_true", help="words: the streaming UNet")
+    parser.add_argument("--guidance", type=float, help="readme: instead of the model's")
     parser.add_argument(
-        "--guidance", type=float, help="continuation, readme: instead of the model's"
+        "--stream-guidance", type=float, help="readme, continuation: the streaming chunks'"
     )
     parser.add_argument(
-        "--stream-guidance", type=float, help="readme: the streaming chunks' guidance"
+        "--replace-overlap", action="store_true", help="continuation: SampleConfig's"
+    )
+    parser.add_argument("--videos", type=int, default=8, help="continuation: how many")
+    parser.add_argument(
+        "--against", action="store_true", help="continuation: frames move against the prompt"
     )
     args = parser.parse_args()
     if args.what == "scuts":
@@ -456,7 +492,14 @@ def main() -> None:
     elif args.what == "chunks":
         chunk_quality(args.model)
     elif args.what == "continuation":
-        continuation(args.model, args.out, args.guidance)
+        continuation(
+            args.model,
+            args.out,
+            args.stream_guidance,
+            args.videos,
+            args.replace_overlap,
+            args.against,
+        )
     elif args.what == "side-by-side":
         side_by_side(args.model, args.out or Path("side_by_side.png"))
     else:

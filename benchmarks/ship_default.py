@@ -79,6 +79,12 @@ def main() -> None:
     parser.add_argument(
         "--stream-guidance", type=float, default=None, help="the streaming chunks' guidance"
     )
+    parser.add_argument(
+        "--replace-overlap",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the model's SampleConfig.replace_overlap",
+    )
     parser.add_argument("--enhancer", type=Path, default=None, help="enhancer folder to ship")
     parser.add_argument(
         "--enhancer-guidance", type=float, default=None, help="the enhancer's default guidance"
@@ -92,6 +98,8 @@ def main() -> None:
         pipe.config.sample.scheduler = args.scheduler
     if args.stream_guidance is not None:
         pipe.config.sample.stream_guidance = args.stream_guidance
+    if args.replace_overlap is not None:
+        pipe.config.sample.replace_overlap = args.replace_overlap
     tmp = args.out.with_name(args.out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.to("cpu", torch.float16).save_pretrained(tmp)

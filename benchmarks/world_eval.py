@@ -73,6 +73,12 @@ def main() -> None:
         "--stream-guidance", type=float, default=None, help="the streaming chunks' guidance"
     )
     parser.add_argument(
+        "--replace-overlap",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="SampleConfig.replace_overlap (default: the model's)",
+    )
+    parser.add_argument(
         "--method", default="streamingt2v", help="the method or a baseline/ablation (METHODS)"
     )
     parser.add_argument("--out", type=Path, default=Path("docs/eval"))
@@ -100,6 +106,7 @@ def main() -> None:
         scheduler=args.scheduler,
         guidance=args.guidance,
         stream_guidance=args.stream_guidance,
+        replace_overlap=args.replace_overlap,
         method=args.method,
     )
     args.out.mkdir(parents=True, exist_ok=True)
@@ -160,6 +167,7 @@ SAME = (
     "scheduler",
     "guidance",
     "stream_guidance",
+    "replace_overlap",
     "method",
     "text_table",
 )

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
 from streamingt2v.config import SampleConfig, StreamConfig, UsageError
 from streamingt2v.random_models import perturb_, random_pipeline
+from streamingt2v.sampling import make_scheduler, sample
 from streamingt2v.streaming import Request, chunk_count, chunk_seed, regenerate_chunk
 
 FAST = dict(steps=2, guidance=7.5)
@@ -79,6 +82,37 @@ def test_stream_guidance_changes_only_the_streaming_chunks(trained_like_pipe):
     assert np.array_equal(lower[:16], same[:16])  # the first chunk keeps --guidance
     assert not np.array_equal(lower[16:24], same[16:24])
     assert trained_like_pipe.request("a red circle", 32, guidance=5.0).sample.chunk_guidance == 5.0
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "dpm"])
+def test_sample_with_known_frames_feeds_them_noised_and_returns_them(scheduler):
+    config = SampleConfig(steps=4, scheduler=scheduler)
+    sched = make_scheduler(config, DDIMScheduler().config)
+    assert isinstance(sched, DDIMScheduler | DPMSolverMultistepScheduler)
+    gen = torch.Generator().manual_seed(0)
+    noise, known = torch.randn(1, 4, 6, 3, 3, generator=gen), torch.randn(1, 4, 2, 3, 3)
+    seen = []
+
+    def denoise(x, t):
+        seen.append((int(t), x.clone()))
+        return torch.full_like(x, 0.3)
+
+    out = sample(denoise, noise, sched, gen, known=known)
+    assert torch.allclose(out[:, :, :2], known, atol=1e-6)
+    assert not torch.allclose(out[:, :, 2:], torch.zeros_like(out[:, :, 2:]))
+    assert len(seen) == 4
+    for t, x in seen:
+        a = sched.alphas_cumprod[t]
+        assert torch.allclose(x[:, :, :2], a.sqrt() * known + (1 - a).sqrt() * noise[:, :, :2])
+
+
+def test_replace_overlap_changes_only_the_streaming_chunks(trained_like_pipe):
+    run = dict(seed=3, steps=2, guidance=7.5)
+    plain = trained_like_pipe("a red circle", 32, **run).frames
+    replaced = trained_like_pipe("a red circle", 32, replace_overlap=True, **run).frames
+    assert np.array_equal(replaced[:16], plain[:16])
+    assert not np.array_equal(replaced[16:], plain[16:])
+    assert not trained_like_pipe.request("a red circle", 32).sample.replace_overlap
 
 
 def test_chunk_seeds_are_distinct_and_stable():

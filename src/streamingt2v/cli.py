@@ -110,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="guidance of the streaming chunks >= 0 (default: the model's, else --guidance)",
     )
     gen.add_argument(
+        "--replace-overlap",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="streaming chunks: pin the overlap frames' latents to the conditioning frames', "
+        "noised to each step (not in the paper; default: the model's setting, else off)",
+    )
+    gen.add_argument(
         "--negative-prompt", default=None, help="negative prompt for guidance (default: empty)"
     )
     gen.add_argument(
@@ -342,6 +349,7 @@ def _generate(args: argparse.Namespace) -> int:
         steps=args.steps,
         guidance=args.guidance,
         stream_guidance=args.stream_guidance,
+        replace_overlap=args.replace_overlap,
         scheduler=args.scheduler,
         negative_prompt=args.negative_prompt,
         model=args.model,

@@ -117,6 +117,10 @@ class SampleConfig:
     negative_prompt: str = ""
     # The streaming chunks' guidance (CAM + APM model); None: ``guidance``, as officially.
     stream_guidance: float | None = None
+    # Streaming chunks: also replace the overlap frames' latents by the conditioning frames'
+    # latents, noised to each step (sampling.sample's ``known``). Not in the paper or the
+    # official code, whose chunks see their conditioning frames through the CAM only.
+    replace_overlap: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:

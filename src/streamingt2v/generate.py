@@ -51,6 +51,7 @@ class GenerateConfig:
     scheduler: str | None = None
     negative_prompt: str | None = None
     stream_guidance: float | None = None  # None: the model's (its guidance, if it has none)
+    replace_overlap: bool | None = None  # None: the model's (SampleConfig.replace_overlap)
     model: Path | None = None  # None: the embedded default model shipped in the package
     fps: int | None = None  # None: the model's training frame rate (8 for the paper's models)
     overwrite: bool = False
@@ -78,6 +79,7 @@ class GenerateConfig:
                 guidance=0.0 if self.guidance is None else self.guidance,
                 scheduler="ddim" if self.scheduler is None else self.scheduler,
                 stream_guidance=self.stream_guidance,
+                replace_overlap=bool(self.replace_overlap),
             ),
             (self.height or 1, self.width or 1),
             self.method,
@@ -230,6 +232,7 @@ def _load_run(config: GenerateConfig):
         scheduler=config.scheduler,
         negative_prompt=config.negative_prompt,
         stream_guidance=config.stream_guidance,
+        replace_overlap=config.replace_overlap,
         height=config.height,
         width=config.width,
         method=config.method,
@@ -380,6 +383,7 @@ def _settings(request: Request) -> dict[str, Any]:
         steps=s.steps,
         guidance=s.guidance,
         stream_guidance=s.chunk_guidance,
+        replace_overlap=s.replace_overlap,
         scheduler=s.scheduler,
         negative_prompt=s.negative_prompt,
         height=request.size[0],

@@ -298,6 +298,12 @@ class StreamingT2VPipeline:
         ]
         return torch.cat(pixels).permute(1, 0, 2, 3)[None].float()  # (1, 3, F, H, W)
 
+    def encode_latents(self, video: torch.Tensor) -> torch.Tensor:
+        """(1, 3, F, H, W) pixels in [-1, 1] -> (1, C, F, h, w) scaled latents (posterior means)."""
+        frames = video[0].permute(1, 0, 2, 3).to(self.vae.dtype)  # (F, 3, H, W)
+        z = self.vae.encode(frames).latent_dist.mean * self.vae.config.scaling_factor
+        return z.permute(1, 0, 2, 3)[None]
+
     def to_model_frames(
         self, frames_fhwc: np.ndarray, size: tuple[int, int] | None = None
     ) -> torch.Tensor:
@@ -328,6 +334,7 @@ class StreamingT2VPipeline:
         scheduler: str | None = None,
         negative_prompt: str | None = None,
         stream_guidance: float | None = None,
+        replace_overlap: bool | None = None,
         height: int | None = None,
         width: int | None = None,
         method: str = "streamingt2v",
@@ -346,6 +353,9 @@ class StreamingT2VPipeline:
             stream_guidance=defaults.stream_guidance
             if stream_guidance is None
             else stream_guidance,
+            replace_overlap=defaults.replace_overlap
+            if replace_overlap is None
+            else replace_overlap,
         )
         native = self.frame_size
         size = (native[0] if height is None else height, native[1] if width is None else width)
@@ -361,8 +371,9 @@ class StreamingT2VPipeline:
         """Yield chunks of new frames as they are made (constant memory in the video length).
 
         Settings: seed, steps, guidance, stream_guidance (the streaming chunks'; None: guidance),
-        scheduler ("ddim" or "dpm"), negative_prompt,
-        height, width, method (``streaming.METHODS``: the method or a baseline/ablation).
+        replace_overlap (``SampleConfig.replace_overlap``), scheduler ("ddim" or "dpm"),
+        negative_prompt, height, width, method (``streaming.METHODS``: the method or a
+        baseline/ablation).
         """
         return stream(self, self.request(prompt, num_frames, **settings), progress=progress)
 

@@ -106,16 +106,35 @@ def sample(
     eta: float = 1.0,
     progress: bool = False,
     desc: str = "steps",
+    known: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run ``scheduler``'s timesteps from noise ``latents`` (B, C, F, H, W) to clean latents.
 
     ``generator`` feeds the stochastic steps (DDIM with eta > 0), so a run depends only on it.
+    ``known``: clean latents (B, C, F_known, H, W) of the first F_known frames. Before every
+    step those frames are replaced by ``known`` noised to the step's timestep with the same
+    frames of ``latents`` as noise, and by ``known`` itself at the end (the replacement method
+    of Ho et al. 2022, "Video Diffusion Models", Sec. 3.1).
     """
     x = latents * scheduler.init_noise_sigma
     kwargs: dict[str, Any] = {"generator": generator}
     if isinstance(scheduler, DDIMScheduler):
         kwargs["eta"] = eta
     for t in tqdm(scheduler.timesteps, desc=desc, disable=not progress, leave=False):
+        if known is not None:
+            x = _with_known(x, known, latents, scheduler.alphas_cumprod[t])
         eps = denoise(scheduler.scale_model_input(x, t), t)
         x = scheduler.step(eps, t, x, **kwargs).prev_sample
+    if known is not None:
+        x = _with_known(x, known, latents, torch.tensor(1.0))
     return x
+
+
+def _with_known(
+    x: torch.Tensor, known: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor
+) -> torch.Tensor:
+    """``x`` with its first frames set to ``known`` diffused to ``alpha_bar`` with ``noise``."""
+    f = known.shape[2]
+    a = alpha_bar.to(torch.float64)
+    noised = a.sqrt() * known.double() + (1 - a).sqrt() * noise[:, :, :f].double()
+    return torch.cat([noised.to(x.dtype), x[:, :, f:]], dim=2)

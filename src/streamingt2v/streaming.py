@@ -125,6 +125,7 @@ def generate_chunk(
     noise = torch.randn(shape, generator=generator)
     noise = noise.to(device=pipe.device, dtype=pipe.dtype)  # (1, C, F, h, w)
     scheduler = make_scheduler(request.sample, pipe.scheduler_config)
+    known = None
     if index == 0 or request.method == "independent":
         pipe.use_base()
         denoise = text_denoiser(pipe.unet, context, request.sample.guidance)
@@ -141,6 +142,8 @@ def generate_chunk(
             cond_frames,
             request.sample.chunk_guidance,
         )
+        if request.sample.replace_overlap:
+            known = pipe.encode_latents(cond_frames)  # (1, C, F_cond, h, w)
     latents = sample(
         denoise,
         noise,
@@ -149,6 +152,7 @@ def generate_chunk(
         eta=request.sample.eta,
         progress=progress,
         desc=f"chunk {index}",
+        known=known,
     )
     keep_from = 0 if index == 0 else stream.cond_frames
     return pipe.decode_latents(latents[:, :, keep_from:])
