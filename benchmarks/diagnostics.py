@@ -10,6 +10,7 @@
     python benchmarks/diagnostics.py continuation --model DIR [--stream-guidance G]
         [--replace-overlap] [--against] [--videos N] [--out PNG]
     python benchmarks/diagnostics.py side-by-side --model DIR --out PNG  # generated vs rendered
+    python benchmarks/diagnostics.py windows --eval JSON  # does the first chunk's motion last?
 
 ``scuts``: 8 pairs of world videos with the same background, cut at frame 24, and the
 uncut first videos, counted by AdaptiveDetector at several ``min_content_val`` floors.
@@ -28,6 +29,7 @@ CAM's and the APM's inputs), read against the rendered continuation.
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 
@@ -421,6 +423,24 @@ def continuation(
         print(f"wrote {out}: rendered video above its continuation (from frame {fc} on)")
 
 
+def windows(eval_json: Path) -> None:
+    """Per 8-frame window of a world_eval.json's straight-motion videos: how often the object
+    travels the prompt's way, and the way of the video's first window (the first chunk's)."""
+    from streamingt2v.world.render import STRAIGHT, parse_caption
+
+    videos = json.loads(eval_json.read_text())["videos"]
+    rows = [
+        (v["directions"], parse_caption(v["prompt"])["motion"])
+        for v in videos
+        if parse_caption(v["prompt"])["motion"] in STRAIGHT and v["directions"]
+    ]
+    print(f"{len(rows)} straight-motion videos of {len(videos)}; per window: right / as window 0")
+    for k in range(max(len(d) for d, _ in rows)):
+        here = [(d[k] == motion, d[k] == d[0]) for d, motion in rows if len(d) > k]
+        right, same = np.mean(here, axis=0)
+        print(f"window {k} (frames {8 * k}-{8 * k + 7}): {right:.0%} / {same:.0%} of {len(here)}")
+
+
 def side_by_side(model_dir: Path, out: Path, prompts: int = 4, frames: int = 32) -> None:
     """A picture: for the first ``prompts`` evaluation prompts, every 4th frame of a
     generated video (seed 0) above a rendered video of the same caption (start position and
@@ -456,6 +476,7 @@ def main() -> None:
             "chunks",
             "continuation",
             "side-by-side",
+            "windows",
         ],
     )
     parser.add_argument("--model", type=Path, default=Path("src/streamingt2v/default_model"))
@@ -474,6 +495,7 @@ def main() -> None:
     parser.add_argument(
         "--replace-overlap", action="store_true", help="continuation: SampleConfig's"
     )
+    parser.add_argument("--eval", type=Path, help="windows: a world_eval.json")
     parser.add_argument("--videos", type=int, default=8, help="continuation: how many")
     parser.add_argument(
         "--against", action="store_true", help="continuation: frames move against the prompt"
@@ -500,6 +522,8 @@ def main() -> None:
             args.replace_overlap,
             args.against,
         )
+    elif args.what == "windows":
+        windows(args.eval)
     elif args.what == "side-by-side":
         side_by_side(args.model, args.out or Path("side_by_side.png"))
     else:

@@ -87,6 +87,7 @@ def test_checks_read_rendered_videos_right(seed):
     assert report.shape_right >= 0.9
     if report.direction_right is not None:
         assert report.direction_right == 1.0
+        assert report.directions == [p.motion] * 12  # 96 frames: 12 windows
     assert abs(report.speed_first / p.speed - 1) < 0.05
 
 

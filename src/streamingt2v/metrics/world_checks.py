@@ -114,6 +114,7 @@ class VideoReport:
     speed_first: float | None  # mean speed (frame widths / frame) over the first 80 frames
     speed_last: float | None  # ... and over the last 80 frames
     speeds: list[float]  # mean speed per 8-frame window
+    directions: list[str]  # per 8-frame window with the object found: its straight motion
     # Per 8-frame window: RGB distance of the object's colour from its colour in the first
     # frame where it was found (None: no object in the window). Long-video drift shows here.
     colour_drift: list[float | None]
@@ -168,6 +169,7 @@ def check_video(video: np.ndarray, expected: dict[str, str], window: int = 8) ->
         speed_first=mean_speed(steps[:span]) if span else None,
         speed_last=mean_speed(steps[-span:]) if span else None,
         speeds=speeds,
+        directions=directions,
         colour_drift=colour_drift,
     )
 
