@@ -122,19 +122,18 @@ def sample(
         kwargs["eta"] = eta
     for t in tqdm(scheduler.timesteps, desc=desc, disable=not progress, leave=False):
         if known is not None:
-            x = _with_known(x, known, latents, scheduler.alphas_cumprod[t])
+            x = _with_known(x, known, latents, float(scheduler.alphas_cumprod[t]))
         eps = denoise(scheduler.scale_model_input(x, t), t)
         x = scheduler.step(eps, t, x, **kwargs).prev_sample
     if known is not None:
-        x = _with_known(x, known, latents, torch.tensor(1.0))
+        x = _with_known(x, known, latents, 1.0)
     return x
 
 
 def _with_known(
-    x: torch.Tensor, known: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor
+    x: torch.Tensor, known: torch.Tensor, noise: torch.Tensor, alpha_bar: float
 ) -> torch.Tensor:
     """``x`` with its first frames set to ``known`` diffused to ``alpha_bar`` with ``noise``."""
     f = known.shape[2]
-    a = alpha_bar.to(torch.float64)
-    noised = a.sqrt() * known.double() + (1 - a).sqrt() * noise[:, :, :f].double()
+    noised = alpha_bar**0.5 * known + (1 - alpha_bar) ** 0.5 * noise[:, :, :f]
     return torch.cat([noised.to(x.dtype), x[:, :, f:]], dim=2)
