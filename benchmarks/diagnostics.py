@@ -91,13 +91,6 @@ def vae_round_trip(folder: Path) -> None:
         print(f"{name}: colour {colour:.1%} background {background:.1%} shape {shape:.1%}")
 
 
-def video_latents(vae, video: torch.Tensor) -> torch.Tensor:
-    """(B, 3, F, H, W) pixels in [-1, 1] -> (B, C, F, h, w) scaled latents (posterior means)."""
-    frames = video.permute(0, 2, 1, 3, 4).flatten(0, 1)  # (B*F, 3, H, W)
-    z = vae.encode(frames).latent_dist.mean * vae.config.scaling_factor
-    return z.unflatten(0, (len(video), -1)).permute(0, 2, 1, 3, 4)
-
-
 def right_per_frame(video: np.ndarray, words: dict[str, str]) -> np.ndarray:
     """(F, 2) booleans: each frame's background and object colour read as ``words`` say."""
     from streamingt2v.metrics.world_checks import read_frame
@@ -111,7 +104,7 @@ def right_per_frame(video: np.ndarray, words: dict[str, str]) -> np.ndarray:
 def x0_error(vae_dir: Path, unet_dir: Path, schedule: str, prediction: str | None) -> None:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet3DConditionModel
 
-    from streamingt2v.models.unet import unet_forward
+    from streamingt2v.models.unet import unet_forward, video_latents
     from streamingt2v.models.weights import load_diffusers
     from streamingt2v.training.stages import SCHEDULES, minilm
     from streamingt2v.world.dataset import WorldClips, clip_batch
@@ -158,6 +151,7 @@ def cam_use(model_dir: Path) -> None:
     from diffusers import DDPMScheduler
 
     from streamingt2v import StreamingT2VPipeline
+    from streamingt2v.models.unet import video_latents
     from streamingt2v.sampling import stream_model
     from streamingt2v.world.dataset import WorldClips, clip_batch
 
@@ -233,7 +227,7 @@ def word_use(model_dir: Path, stream: bool, clips: int = 24) -> None:
     from diffusers import DDPMScheduler
 
     from streamingt2v import StreamingT2VPipeline
-    from streamingt2v.models.unet import unet_forward
+    from streamingt2v.models.unet import unet_forward, video_latents
     from streamingt2v.sampling import stream_model
     from streamingt2v.training.stages import object_cells
     from streamingt2v.world.dataset import WorldClips, clip_batch
@@ -364,12 +358,7 @@ def continuation(
     from world_eval import eval_prompts
 
     from streamingt2v import StreamingT2VPipeline
-    from streamingt2v.metrics.world_checks import (
-        STRAIGHT,
-        direction_of,
-        read_frame,
-        wrapped_steps,
-    )
+    from streamingt2v.metrics.world_checks import STRAIGHT, check_video, read_frame
     from streamingt2v.streaming import regenerate_chunk
     from streamingt2v.world.render import parse_caption, render, rng_for, sample_params
 
@@ -389,14 +378,10 @@ def continuation(
             prompt, two_chunks, stream_guidance=stream_guidance, replace_overlap=replace_overlap
         )
         new = regenerate_chunk(pipe, request, 1, truth[:fc], truth[0])
-        if words["motion"] in STRAIGHT:
-            track = [read_frame(f).centroid for f in (truth[fc - 1], *new)]
-            track = np.array([c if c else (np.nan, np.nan) for c in track])
-            steps = wrapped_steps(track)
-            steps = steps[~np.isnan(steps).any(axis=1)]
-            if len(steps):
-                heading = direction_of(steps.sum(axis=0))
-                headings.append((heading == words["motion"], heading == shown["motion"]))
+        if words["motion"] in STRAIGHT:  # one window: the last conditioning frame, the new ones
+            travel = np.stack([truth[fc - 1], *new])
+            ways = check_video(travel, words, window=len(travel)).directions
+            headings += [(way == words["motion"], way == shown["motion"]) for way in ways]
         for made, expected in zip(new, truth[fc:], strict=True):
             got, want = read_frame(made), read_frame(expected)
             right += [
@@ -429,11 +414,11 @@ def windows(eval_json: Path) -> None:
     from streamingt2v.world.render import STRAIGHT, parse_caption
 
     videos = json.loads(eval_json.read_text())["videos"]
-    rows = [
-        (v["directions"], parse_caption(v["prompt"])["motion"])
-        for v in videos
-        if parse_caption(v["prompt"])["motion"] in STRAIGHT and v["directions"]
-    ]
+    rows = []
+    for v in videos:
+        motion = parse_caption(v["prompt"])["motion"]
+        if motion in STRAIGHT and v["directions"]:
+            rows.append((v["directions"], motion))
     print(f"{len(rows)} straight-motion videos of {len(videos)}; per window: right / as window 0")
     for k in range(max(len(d) for d, _ in rows)):
         here = [(d[k] == motion, d[k] == d[0]) for d, motion in rows if len(d) > k]

@@ -298,12 +298,6 @@ class StreamingT2VPipeline:
         ]
         return torch.cat(pixels).permute(1, 0, 2, 3)[None].float()  # (1, 3, F, H, W)
 
-    def encode_latents(self, video: torch.Tensor) -> torch.Tensor:
-        """(1, 3, F, H, W) pixels in [-1, 1] -> (1, C, F, h, w) scaled latents (posterior means)."""
-        frames = video[0].permute(1, 0, 2, 3).to(self.vae.dtype)  # (F, 3, H, W)
-        z = self.vae.encode(frames).latent_dist.mean * self.vae.config.scaling_factor
-        return z.permute(1, 0, 2, 3)[None]
-
     def to_model_frames(
         self, frames_fhwc: np.ndarray, size: tuple[int, int] | None = None
     ) -> torch.Tensor:

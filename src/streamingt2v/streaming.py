@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from .config import SampleConfig, StreamConfig, UsageError
 from .freenoise import rescheduled_noise, windowed_temporal_attention
+from .models.unet import video_latents
 from .sampling import make_scheduler, sample, stream_denoiser, text_denoiser
 
 if TYPE_CHECKING:
@@ -143,7 +144,7 @@ def generate_chunk(
             request.sample.chunk_guidance,
         )
         if request.sample.replace_overlap:
-            known = pipe.encode_latents(cond_frames)  # (1, C, F_cond, h, w)
+            known = video_latents(pipe.vae, cond_frames)  # (1, C, F_cond, h, w)
     latents = sample(
         denoise,
         noise,

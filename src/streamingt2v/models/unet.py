@@ -40,6 +40,13 @@ def vae_factor(vae) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
+def video_latents(vae, video: torch.Tensor) -> torch.Tensor:
+    """(B, 3, F, H, W) pixels in [-1, 1] -> (B, C, F, h, w) scaled latents (posterior means)."""
+    frames = video.permute(0, 2, 1, 3, 4).flatten(0, 1).to(vae.dtype)  # (B*F, 3, H, W)
+    z = vae.encode(frames).latent_dist.mean * vae.config.scaling_factor
+    return z.unflatten(0, (len(video), -1)).permute(0, 2, 1, 3, 4)
+
+
 def _time_embedding(unet: nn.Module, timestep: torch.Tensor | float | int, batch: int, dtype):
     if not torch.is_tensor(timestep):
         timestep = torch.tensor([timestep], dtype=torch.int64)

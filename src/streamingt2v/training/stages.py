@@ -35,7 +35,7 @@ from ..enhancer import Enhancer, EnhancerConfig
 from ..models.apm import AppearancePreservationModule
 from ..models.cam import ConditionalAttentionModule
 from ..models.encoders import ImageEncoder, PromptTable, TextEncoder
-from ..models.unet import unet_forward
+from ..models.unet import unet_forward, video_latents
 from ..models.weights import load_diffusers
 from ..pipeline import StreamingT2VPipeline
 from ..random_models import MODELSCOPE_SCHEDULER
@@ -267,9 +267,7 @@ class LatentVideoStage(Stage):
     @torch.no_grad()
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
         """(B, 3, F, H, W) pixels -> (B, C, F, h, w) scaled latents (posterior means)."""
-        frames = video.permute(0, 2, 1, 3, 4).flatten(0, 1).to(self.device)  # (B*F, 3, H, W)
-        z = self.vae.encode(frames).latent_dist.mean * self.vae.config.scaling_factor
-        return z.unflatten(0, (video.shape[0], -1)).permute(0, 2, 1, 3, 4)
+        return video_latents(self.vae, video.to(self.device))
 
     @torch.no_grad()
     def context(self, captions: list[str], generator: torch.Generator) -> torch.Tensor:
