@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from streamingt2v.metrics.world_checks import check_video, read_frame
-from streamingt2v.world.dataset import WorldClips
+from streamingt2v.world.dataset import WorldClips, turned_from
 from streamingt2v.world.render import (
     BACKGROUNDS,
     COLOURS,
+    STRAIGHT,
     WorldParams,
     parse_caption,
     render,
@@ -113,6 +114,31 @@ def test_dataset_clip_and_anchor():
     assert item["video"].shape == (3, 16, 32, 32) and item["video"].min() >= -1
     assert item["caption"] == clip.params.caption
     assert np.array_equal(data.clip(7).frames, clip.frames)  # deterministic per index
+
+
+def test_turned_clips_change_only_straight_clips_before_the_turn():
+    plain = WorldClips(frames=16, max_start=300, seed=2)
+    turned = WorldClips(frames=16, max_start=300, seed=2, turn=1.0, turn_at=8)
+    kinds = set()
+    for index in range(24):
+        a, b = plain.clip(index), turned.clip(index)
+        assert a.params == b.params and a.start == b.start  # same caption, same long video
+        assert np.array_equal(a.anchor, b.anchor)
+        assert np.array_equal(a.frames[8:], b.frames[8:])  # the turn at frame 8
+        straight = a.params.motion in STRAIGHT
+        assert np.array_equal(a.frames[:8], b.frames[:8]) != straight
+        kinds.add(straight)
+    assert kinds == {True, False}
+
+
+def test_turned_from_moves_another_way_and_meets_the_track():
+    params = _params(motion="moving right", speed=0.03, x0=0.3, y0=0.6)
+    before = turned_from(params, "moving up", at=20)
+    (x, y), (vx, vy) = (a[0] for a in track(before, np.array([19])))
+    assert (vx, vy) == (0.0, -0.03)
+    assert np.allclose(track(params, np.array([20]))[0][0], [x, (y - 0.03) % 1.0])
+    with pytest.raises(ValueError, match="turn must be in"):
+        WorldClips(turn=1.5)
 
 
 def test_swapped_caption_changes_one_word_and_keeps_object_off_background(monkeypatch):

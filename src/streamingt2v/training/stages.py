@@ -243,14 +243,18 @@ class ImageEncoderStage(Stage):
 class LatentVideoStage(Stage):
     """Shared by base and stream: frozen VAE and text encoder, DDPM noise, clip latents."""
 
-    def __init__(self, cfg: TrainConfig, device: torch.device, frames: int, max_start: int):
+    def __init__(
+        self, cfg: TrainConfig, device: torch.device, frames: int, max_start: int, turn=0.0
+    ):
         self.cfg, self.device = cfg, device
         self.vae = load_diffusers(AutoencoderKL, Path(cfg.inputs["vae"])).to(device).eval()
         self.vae.requires_grad_(False)
         self.text = text_encoder(cfg).to(device)
         self.schedule = SCHEDULES[cfg.options.get("noise_schedule", "world")]
         self.noise = DDPMScheduler.from_config(self.schedule)
-        self.data = WorldClips(frames=frames, size=cfg.size, max_start=max_start, seed=cfg.seed)
+        self.data = WorldClips(
+            frames=frames, size=cfg.size, max_start=max_start, seed=cfg.seed, turn=turn
+        )
         self.drop_text = cfg.options.get("drop_text", 0.1)  # classifier-free guidance training
         # The enhancer only ever denoises from its SDEdit strength down: train where it works.
         self.max_timestep = cfg.options.get("max_timestep", self.noise.config.num_train_timesteps)
@@ -360,7 +364,12 @@ def is_temporal(name: str) -> bool:
 
 class StreamStage(LatentVideoStage):
     def __init__(self, cfg: TrainConfig, device: torch.device):
-        super().__init__(cfg, device, frames=16, max_start=cfg.options.get("max_start", 600))
+        # options.turn: the share of straight-motion clips whose conditioning frames move
+        # another way than the caption (WorldClips' turn; our deviation, run v10).
+        turn = cfg.options.get("turn", 0.0)
+        if not 0 <= turn <= 1:
+            raise UsageError(f"options.turn must be in [0, 1], got {turn!r}")
+        super().__init__(cfg, device, 16, cfg.options.get("max_start", 600), turn=turn)
         self.base = load_diffusers(UNet3DConditionModel, Path(cfg.inputs["base"])).to(device)
         self.base.eval().requires_grad_(False)
         self.images = ImageEncoder.from_folder(Path(cfg.inputs["image_encoder"])).to(device)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .render import WorldParams, render, rng_for, sample_params
+from .render import STRAIGHT, WorldParams, render, rng_for, sample_params, track
 
 
 @dataclass
@@ -25,7 +27,15 @@ class WorldClip:
 
 
 class WorldClips(Dataset):
-    """Clips of ``frames`` frames starting anywhere in [0, max_start] of a long video."""
+    """Clips of ``frames`` frames starting anywhere in [0, max_start] of a long video.
+
+    ``turn``: the share of straight-motion clips whose first ``turn_at`` frames move in
+    another straight direction (one of the other three, uniformly) and reach the object's
+    position continuously, so the clip turns to its caption's direction at frame ``turn_at``.
+    Not in the paper: the world's motions never change, so without it the stream stage
+    never sees conditioning frames that disagree with the caption and learns to follow the
+    frames (session 12's continuation diagnostic). 0 (the default) renders the world as is.
+    """
 
     def __init__(
         self,
@@ -34,9 +44,16 @@ class WorldClips(Dataset):
         max_start: int = 0,
         seed: int = 0,
         length: int = 10**9,
+        turn: float = 0.0,
+        turn_at: int = 8,
     ):
+        if not 0 <= turn <= 1:
+            raise ValueError(f"turn must be in [0, 1], got {turn!r}")
+        if turn and not 0 < turn_at < frames:
+            raise ValueError(f"turn_at must be in (0, {frames}), got {turn_at!r}")
         self.frames, self.size, self.max_start = frames, size, max_start
         self.seed, self.length = seed, length
+        self.turn, self.turn_at = turn, turn_at
 
     def __len__(self) -> int:
         return self.length
@@ -47,6 +64,12 @@ class WorldClips(Dataset):
         start = int(rng.integers(0, self.max_start + 1))
         frames = render(params, np.arange(start, start + self.frames), self.size)
         anchor = frames[0] if start == 0 else render(params, np.array([0]), self.size)[0]
+        # Drawn after everything else, and only when asked: runs without turns replay exactly.
+        if self.turn and params.motion in STRAIGHT and rng.random() < self.turn:
+            other = [m for m in STRAIGHT if m != params.motion]
+            before = turned_from(params, str(rng.choice(other)), start + self.turn_at)
+            head = np.arange(start, start + self.turn_at)
+            frames[: self.turn_at] = render(before, head, self.size)
         return WorldClip(params, start, frames, anchor)
 
     def __getitem__(self, index: int) -> dict:
@@ -56,6 +79,15 @@ class WorldClips(Dataset):
             "anchor": to_model_bcfhw(clip.anchor[None, None])[0, :, 0],  # (3, H, W)
             "caption": clip.params.caption,
         }
+
+
+def turned_from(params: WorldParams, motion: str, at: int) -> WorldParams:
+    """``params`` moving by the straight ``motion`` instead, placed so that one step after
+    frame ``at - 1`` it would be where ``params`` is at frame ``at``."""
+    (x, y), = track(params, np.array([at]))[0]
+    dx, dy = STRAIGHT[motion]
+    x0, y0 = (x - dx * params.speed * at) % 1.0, (y - dy * params.speed * at) % 1.0
+    return replace(params, motion=motion, x0=float(x0), y0=float(y0))
 
 
 def to_model_bcfhw(videos_bfhwc: np.ndarray) -> torch.Tensor:
