@@ -7,9 +7,7 @@ PyTorch dataset (for DataLoader / accelerate); ``clip_batch`` stacks samples for
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -84,7 +82,7 @@ class WorldClips(Dataset):
 def turned_from(params: WorldParams, motion: str, at: int) -> WorldParams:
     """``params`` moving by the straight ``motion`` instead, placed so that one step after
     frame ``at - 1`` it would be where ``params`` is at frame ``at``."""
-    (x, y), = track(params, np.array([at]))[0]
+    ((x, y),) = track(params, np.array([at]))[0]
     dx, dy = STRAIGHT[motion]
     x0, y0 = (x - dx * params.speed * at) % 1.0, (y - dy * params.speed * at) % 1.0
     return replace(params, motion=motion, x0=float(x0), y0=float(y0))
