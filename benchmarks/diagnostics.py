@@ -66,8 +66,11 @@ def scuts() -> None:
         print(f"min_content_val {floor}: cuts found {found}/8, false cuts {false} in 8 videos")
 
 
-def vae_round_trip(folder: Path) -> None:
+def vae_round_trip(folder: Path, size: int = 32) -> None:
+    """The VAE's encode-decode of 12 rendered videos at ``size`` x ``size``: world checks of
+    the rendered and the returned frames, and the return's PSNR against the render."""
     from diffusers import AutoencoderKL
+    from enhancer_eval import psnr
 
     from streamingt2v.metrics.world_checks import check_video
     from streamingt2v.models.weights import load_diffusers
@@ -75,20 +78,22 @@ def vae_round_trip(folder: Path) -> None:
 
     vae = load_diffusers(AutoencoderKL, folder).eval()
     rng = rng_for("diag", 0)
-    rows = {"rendered": [], "vae": []}
+    rows, psnrs = {"rendered": [], "vae": []}, []
     for _ in range(12):
         params = sample_params(rng)
-        video = render(params, 32)
+        video = render(params, 32, size)
         x = torch.from_numpy(video).float().permute(0, 3, 1, 2) / 127.5 - 1  # (F, 3, H, W)
         with torch.no_grad():
             y = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
         back = ((y + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+        psnrs.append(psnr(back, video))
         for name, v in (("rendered", video), ("vae", back)):
             r = check_video(v, parse_caption(params.caption))
             rows[name].append((r.colour_right, r.background_right, r.shape_right))
     for name, values in rows.items():
         colour, background, shape = np.mean(values, axis=0)
         print(f"{name}: colour {colour:.1%} background {background:.1%} shape {shape:.1%}")
+    print(f"{size}x{size}: PSNR of the round trip {np.mean(psnrs):.1f} dB")
 
 
 def right_per_frame(video: np.ndarray, words: dict[str, str]) -> np.ndarray:
@@ -481,6 +486,7 @@ def main() -> None:
         "--replace-overlap", action="store_true", help="continuation: SampleConfig's"
     )
     parser.add_argument("--eval", type=Path, help="windows: a world_eval.json")
+    parser.add_argument("--size", type=int, default=32, help="vae: the frames' size")
     parser.add_argument("--videos", type=int, default=8, help="continuation: how many")
     parser.add_argument(
         "--against", action="store_true", help="continuation: frames move against the prompt"
@@ -489,7 +495,7 @@ def main() -> None:
     if args.what == "scuts":
         scuts()
     elif args.what == "vae":
-        vae_round_trip(args.vae)
+        vae_round_trip(args.vae, args.size)
     elif args.what == "cam":
         cam_use(args.model)
     elif args.what == "words":

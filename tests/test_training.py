@@ -168,6 +168,33 @@ def test_stream_stage_trains_the_official_parameter_set(inputs, tmp_path):
     )  # temporal: frozen
 
 
+def test_object_mask_with_a_margin_covers_the_pixels_around_the_object():
+    from streamingt2v.training.stages import object_mask
+
+    frames = -torch.ones(1, 3, 8, 8)
+    frames[:, :, 3:5, 3:5] = 1.0  # a 2x2 object on a black background
+    assert object_mask(frames).sum() == 4
+    ring = object_mask(frames, margin=1)[0, 0]
+    assert ring.sum() == 16 and ring[2:6, 2:6].all()
+
+
+def test_decoder_only_vae_keeps_the_latent_space(inputs, tmp_path):
+    from diffusers import AutoencoderKL
+
+    from streamingt2v.models.weights import load_diffusers
+
+    init = {"init": inputs["vae"]}
+    cfg = _cfg("vae", tmp_path, inputs=init, options={"decoder_only": True})
+    train(cfg, progress=False)
+    before = load_diffusers(AutoencoderKL, Path(inputs["vae"])).state_dict()
+    after = load_diffusers(AutoencoderKL, tmp_path / "final")
+    changed = {k for k, v in after.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith(("decoder.", "post_quant_conv.")) for k in changed)
+    assert after.config.scaling_factor == AutoencoderKL.load_config(inputs["vae"])["scaling_factor"]
+    with pytest.raises(UsageError, match="decoder_only needs inputs.init"):
+        build_stage(_cfg("vae", tmp_path, options={"decoder_only": True}), torch.device("cpu"))
+
+
 def test_resume_continues_exactly(tmp_path):
     straight = _cfg("vae", tmp_path / "straight", model=VAE)
     train(straight, progress=False, finish=False)

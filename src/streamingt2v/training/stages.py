@@ -131,6 +131,11 @@ class VaeStage(Stage):
     def __init__(self, cfg: TrainConfig, device: torch.device):
         self.cfg, self.device = cfg, device
         init = cfg.inputs.get("init")  # continue from an earlier VAE's weights
+        # Only the decoder learns: the latent space (and every diffusion model trained in it)
+        # stays valid, and the exported scaling factor stays the init's.
+        self.decoder_only = cfg.options.get("decoder_only", False)
+        if self.decoder_only and not init:
+            raise UsageError("options.decoder_only needs inputs.init (the VAE to keep)")
         self.module = (
             load_diffusers(AutoencoderKL, Path(init)) if init else AutoencoderKL(**cfg.model)
         ).to(device)
@@ -139,6 +144,14 @@ class VaeStage(Stage):
         # The object covers ~4% of a frame: without extra weight the VAE learns the
         # background and blurs the object's colour away.
         self.object_weight = cfg.options.get("object_weight", 0.0)
+        # Pixels around the object weighed as the object: a blurred edge or a faint halo
+        # rounds a 6-pixel square or triangle into a circle (the shape check reads the soft
+        # bounding box), and plain background weight lets the decoder make one.
+        self.object_margin = int(cfg.options.get("object_margin", 0))
+        if self.decoder_only:
+            self.module.requires_grad_(False)
+            self.module.decoder.requires_grad_(True)
+            self.module.post_quant_conv.requires_grad_(True)
 
     def frames(self, index: int, batch: int) -> torch.Tensor:
         return clip_batch(self.data, index, batch)["video"][:, :, 0].to(self.device)  # (B,3,H,W)
@@ -150,7 +163,7 @@ class VaeStage(Stage):
             posterior.mean.shape, generator=generator_for(self.cfg, index)
         ).to(self.device)
         recon = self.module.decode(z).sample
-        weight = 1 + self.object_weight * object_mask(x)  # (B, 1, H, W)
+        weight = 1 + self.object_weight * object_mask(x, self.object_margin)  # (B, 1, H, W)
         l1 = ((recon - x).abs() * weight).sum() / (weight.sum() * x.shape[1])
         return l1 + self.kl_weight * posterior.kl().mean()
 
@@ -159,8 +172,9 @@ class VaeStage(Stage):
         vae = self.module.eval()
         x = self.frames(10**8, 256)  # held-out frames (indices training never reaches)
         z = vae.encode(x).latent_dist.mean
-        # Latents scaled to unit variance for the diffusion models (as Stable Diffusion's 0.18215).
-        vae.register_to_config(scaling_factor=float(1.0 / z.std()))
+        if not self.decoder_only:
+            # Latents scaled to unit variance for the diffusion models (as SD's 0.18215).
+            vae.register_to_config(scaling_factor=float(1.0 / z.std()))
         recon = vae.decode(z).sample.clamp(-1, 1)
         psnr = float(10 * torch.log10(4 / ((recon - x) ** 2).mean()))
         vae.save_pretrained(folder)
@@ -168,14 +182,17 @@ class VaeStage(Stage):
         return {"heldout_psnr_db": round(psnr, 2), "scaling_factor": vae.config.scaling_factor}
 
 
-def object_mask(frames: torch.Tensor) -> torch.Tensor:
+def object_mask(frames: torch.Tensor, margin: int = 0) -> torch.Tensor:
     """(B, 3, H, W) in [-1, 1] -> (B, 1, H, W): 1 where a pixel differs from the frame's
-    background (the median colour of its border)."""
+    background (the median colour of its border), or lies within ``margin`` pixels of one."""
     border = torch.cat(
         [frames[:, :, 0], frames[:, :, -1], frames[:, :, :, 0], frames[:, :, :, -1]], dim=-1
     )  # (B, 3, 2H + 2W)
     background = border.median(dim=-1).values[:, :, None, None]  # (B, 3, 1, 1)
-    return ((frames - background).abs().sum(1, keepdim=True) > 0.15).float()
+    mask = ((frames - background).abs().sum(1, keepdim=True) > 0.15).float()
+    if margin:
+        mask = nn.functional.max_pool2d(mask, 2 * margin + 1, stride=1, padding=margin)
+    return mask
 
 
 def object_cells(video: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
