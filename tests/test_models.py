@@ -163,6 +163,32 @@ def test_guided_denoisers_match_manual_guidance(tiny_pipe):
     assert torch.allclose(eps2, eps, atol=1e-4)  # untrained modules: same as the base
 
 
+@torch.no_grad()
+def test_guidance_one_runs_only_the_prompt_branch(tiny_pipe):
+    x, context, cond, _ = _inputs(tiny_pipe)
+    ctx2 = torch.cat([torch.randn_like(context), context])
+    embeds = torch.randn(2, tiny_pipe.image_encoder.dim)
+    pipe, t = tiny_pipe, torch.tensor(400)
+    rows = []  # conv_in's batch (B * F) per UNet evaluation
+    hooks = [
+        unet.conv_in.register_forward_pre_hook(lambda m, a: rows.append(a[0].shape[0]))
+        for unet in (pipe.unet, pipe.stream_unet)
+    ]
+    try:
+        out = {}
+        for g in (1.0, 1.0 + 1e-9):  # 1 + 1e-9: the doubled batch, guided
+            base = text_denoiser(pipe.unet, ctx2, g)(x, t)
+            modules = (pipe.stream_unet, pipe.cam, pipe.apm)
+            out[g] = base, stream_denoiser(*modules, ctx2, embeds, cond, g)(x, t)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    half = len(rows) // 2  # the same evaluations (the CAM's trunk among them) at B = 1 and 2B
+    assert rows == [x.shape[2]] * half + [2 * x.shape[2]] * half
+    for alone, doubled in zip(out[1.0], out[1.0 + 1e-9], strict=True):
+        assert torch.allclose(alone, doubled, atol=1e-5)
+
+
 def test_apm_attach_is_idempotent_and_reversible():
     pipe = random_pipeline("tiny", seed=6)
     from streamingt2v.models.apm import ApmProcessor, detach_apm

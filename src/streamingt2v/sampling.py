@@ -48,7 +48,13 @@ def guided(model: Denoiser, guidance: float) -> Denoiser:
 
 
 def text_denoiser(unet, context: torch.Tensor, guidance: float) -> Denoiser:
-    """The base model alone (the first chunk). context: (2B, T, D) as [negative, prompt]."""
+    """The base model alone (the first chunk). context: (2B, T, D) as [negative, prompt].
+
+    At guidance 1 the guided prediction is the prompt's alone, so the negative half never runs
+    (half the UNet work; equal to the doubled batch up to float rounding)."""
+    if guidance == 1:
+        prompt = context.chunk(2)[1]  # (B, T, D)
+        return lambda x, t: unet_forward(unet, x, t, prompt)
     return guided(lambda x, t: unet_forward(unet, x, t, context), guidance)
 
 
@@ -88,14 +94,19 @@ def stream_denoiser(
     context: (2B, T, D) text tokens as [negative, prompt]; image_embeds: (2B, E) as
     [zeros image, anchor frame]; cond_frames: (B, 3, F_cond, H, W) pixels in [-1, 1], the last
     frames of the output so far. Both guidance branches see the same conditioning frames.
-    ``cam=None`` / ``apm=None``: the ablations without that module.
+    ``cam=None`` / ``apm=None``: the ablations without that module. At guidance 1 only the
+    prompt's branch runs (as in ``text_denoiser``).
     """
+    alone = guidance == 1
+    if alone:
+        context, image_embeds = context.chunk(2)[1], image_embeds.chunk(2)[1]  # (B, ...)
     frame_features = None
     if cam is not None:
         frame_features = cam.embed_frames(cond_frames)  # (B*F_cond, C0, h, w), once per chunk
-        frame_features = torch.cat([frame_features, frame_features])  # both guidance branches
+        if not alone:  # both guidance branches see the same frames
+            frame_features = torch.cat([frame_features, frame_features])
     model = stream_model(unet, cam, apm, context, image_embeds, frame_features)
-    return guided(model, guidance)
+    return model if alone else guided(model, guidance)
 
 
 def sample(
