@@ -2,6 +2,8 @@
 
 Same chunk (F=16, F_cond=8), same guided (doubled) batch, one process; the two are timed in
 alternation and the median of ``--runs`` runs of each is compared. Target (core issue): <= 1.35.
+Also timed in the same alternation: base + CAM + APM at guidance 1, where only the prompt's
+branch runs (``guidance_1_ratio``: its step over the guided step).
 
     python benchmarks/step_overhead.py --scale tiny mid --runs 7
 """
@@ -31,16 +33,18 @@ def measure(scale: str, runs: int) -> dict:
     embeds = torch.randn(2, pipe.image_encoder.dim)
     t = torch.tensor(500)
     base = text_denoiser(pipe.unet, context, 7.5)
-    times: dict[str, list[float]] = {"base": [], "base+cam+apm": []}
+    names = ("base", "base+cam+apm", "base+cam+apm, guidance 1")
+    times: dict[str, list[float]] = {name: [] for name in names}
     with torch.inference_mode():
         # Built once per chunk as in real runs (E_cond runs here, once per chunk).
         started = time.perf_counter()
         full = stream_denoiser(pipe.stream_unet, pipe.cam, pipe.apm, context, embeds, cond, 7.5)
         per_chunk_setup = time.perf_counter() - started
-        for fn in (base, full):  # warm-up
+        alone = stream_denoiser(pipe.stream_unet, pipe.cam, pipe.apm, context, embeds, cond, 1.0)
+        for fn in (base, full, alone):  # warm-up
             fn(x, t)
         for _ in range(runs):
-            for name, fn in (("base", base), ("base+cam+apm", full)):
+            for name, fn in zip(names, (base, full, alone), strict=True):
                 started = time.perf_counter()
                 fn(x, t)
                 times[name].append(time.perf_counter() - started)
@@ -56,6 +60,7 @@ def measure(scale: str, runs: int) -> dict:
         "params": params,
         "median_seconds": median,
         "ratio": median["base+cam+apm"] / median["base"],
+        "guidance_1_ratio": median["base+cam+apm, guidance 1"] / median["base+cam+apm"],
         "per_chunk_setup_seconds": per_chunk_setup,
         "runs": runs,
         "threads": torch.get_num_threads(),

@@ -261,7 +261,7 @@ class LatentVideoStage(Stage):
     """Shared by base and stream: frozen VAE and text encoder, DDPM noise, clip latents."""
 
     def __init__(
-        self, cfg: TrainConfig, device: torch.device, frames: int, max_start: int, turn=0.0
+        self, cfg: TrainConfig, device: torch.device, frames: int, max_start: int, turn: float = 0.0
     ):
         self.cfg, self.device = cfg, device
         self.vae = load_diffusers(AutoencoderKL, Path(cfg.inputs["vae"])).to(device).eval()
