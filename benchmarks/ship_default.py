@@ -9,7 +9,8 @@ safetensors; loaded back as float32 on CPU), a loss-curve PNG per run behind the
 earlier ship brings that ship's curves and records) and ``training.json`` (each run's config
 and summary); ``MODEL_CARD.md`` beside them is written by hand from these and the
 evaluation. ``--steps``, ``--scheduler`` and ``--stream-guidance`` set the shipped sampling
-defaults.
+defaults. ``--vae`` ships another VAE in the pipeline's latent space (a decoder fine-tuned with
+``options.decoder_only``: same latent channels and scaling factor, else an error).
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import AutoencoderKL
 from PIL import Image, ImageDraw
 
 from streamingt2v import StreamingT2VPipeline
+from streamingt2v.config import UsageError
 from streamingt2v.enhancer import Enhancer, settings
 from streamingt2v.generate import DEFAULT_MODEL_DIR
+from streamingt2v.models.weights import load_diffusers
 
 
 def lineage(folder: Path) -> list[Path]:
@@ -69,6 +73,17 @@ def loss_curve(log: Path, out: Path, title: str) -> None:
     img.save(out)
 
 
+def same_latent_space(vae: AutoencoderKL, old: AutoencoderKL, path: Path) -> AutoencoderKL:
+    """``vae`` (read from ``path``) if it shares ``old``'s latent channels and scaling factor
+    (the diffusion models' latent space), else a UsageError naming what differs."""
+    for key in ("latent_channels", "scaling_factor", "block_out_channels"):
+        if vae.config[key] != old.config[key]:
+            raise UsageError(
+                f"{path}: {key} {vae.config[key]!r}, the pipeline's {old.config[key]!r}"
+            )
+    return vae.eval()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pipeline", type=Path, required=True)
@@ -85,6 +100,7 @@ def main() -> None:
         default=None,
         help="the model's SampleConfig.replace_overlap",
     )
+    parser.add_argument("--vae", type=Path, default=None, help="a VAE in the same latent space")
     parser.add_argument("--enhancer", type=Path, default=None, help="enhancer folder to ship")
     parser.add_argument(
         "--enhancer-guidance", type=float, default=None, help="the enhancer's default guidance"
@@ -100,6 +116,8 @@ def main() -> None:
         pipe.config.sample.stream_guidance = args.stream_guidance
     if args.replace_overlap is not None:
         pipe.config.sample.replace_overlap = args.replace_overlap
+    if args.vae:
+        pipe.vae = same_latent_space(load_diffusers(AutoencoderKL, args.vae), pipe.vae, args.vae)
     tmp = args.out.with_name(args.out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.to("cpu", torch.float16).save_pretrained(tmp)
@@ -114,7 +132,8 @@ def main() -> None:
     if card.is_file():  # hand-written: kept across re-ships
         shutil.copy(card, tmp / card.name)
     stages = {}
-    runs = lineage(args.pipeline) + (lineage(args.enhancer) if args.enhancer else [])
+    runs = lineage(args.pipeline) + (lineage(args.vae) if args.vae else [])
+    runs += lineage(args.enhancer) if args.enhancer else []
     for run in dict.fromkeys(runs):
         if (run / "training.json").is_file():  # an earlier ship: its records and curves
             stages.update(json.loads((run / "training.json").read_text()))
