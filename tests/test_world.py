@@ -129,6 +129,10 @@ def test_turned_clips_change_only_straight_clips_before_the_turn():
         assert np.array_equal(a.frames[:8], b.frames[:8]) != straight
         kinds.add(straight)
     assert kinds == {True, False}
+    at_start = WorldClips(frames=16, max_start=0, seed=2, turn=1.0)  # anchor = frame 0
+    for index in range(6):
+        clip = at_start.clip(index)
+        assert np.array_equal(clip.anchor, render(clip.params, 1)[0])  # the untouched frame 0
 
 
 def test_turned_from_moves_another_way_and_meets_the_track():

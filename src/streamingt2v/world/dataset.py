@@ -61,7 +61,7 @@ class WorldClips(Dataset):
         params = sample_params(rng)
         start = int(rng.integers(0, self.max_start + 1))
         frames = render(params, np.arange(start, start + self.frames), self.size)
-        anchor = frames[0] if start == 0 else render(params, np.array([0]), self.size)[0]
+        anchor = frames[0].copy() if start == 0 else render(params, np.array([0]), self.size)[0]
         # Drawn after everything else, and only when asked: runs without turns replay exactly.
         if self.turn and params.motion in STRAIGHT and rng.random() < self.turn:
             other = [m for m in STRAIGHT if m != params.motion]
