@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from streamingt2v.config import UsageError
 from streamingt2v.metrics.world_checks import check_video, read_frame
 from streamingt2v.world.dataset import WorldClips, turned_from
 from streamingt2v.world.render import (
@@ -141,7 +142,7 @@ def test_turned_from_moves_another_way_and_meets_the_track():
     (x, y), (vx, vy) = (a[0] for a in track(before, np.array([19])))
     assert (vx, vy) == (0.0, -0.03)
     assert np.allclose(track(params, np.array([20]))[0][0], [x, (y - 0.03) % 1.0])
-    with pytest.raises(ValueError, match="turn must be in"):
+    with pytest.raises(UsageError, match="turn must be in"):  # the CLI: exit 2
         WorldClips(turn=1.5)
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..config import UsageError
 from .render import STRAIGHT, WorldParams, render, rng_for, sample_params, track
 
 
@@ -46,9 +47,9 @@ class WorldClips(Dataset):
         turn_at: int = 8,
     ):
         if not 0 <= turn <= 1:
-            raise ValueError(f"turn must be in [0, 1], got {turn!r}")
+            raise UsageError(f"turn must be in [0, 1], got {turn!r}")
         if turn and not 0 < turn_at < frames:
-            raise ValueError(f"turn_at must be in (0, {frames}), got {turn_at!r}")
+            raise UsageError(f"turn_at must be in (0, {frames}), got {turn_at!r}")
         self.frames, self.size, self.max_start = frames, size, max_start
         self.seed, self.length = seed, length
         self.turn, self.turn_at = turn, turn_at
