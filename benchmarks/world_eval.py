@@ -13,7 +13,8 @@ makes only the rest, so a 12-prompt run extends to 50 without redoing the first 
     python benchmarks/world_eval.py --summarize docs/eval/v1/world_eval.json --first 12
 
 re-summarizes a saved run over its first N videos (same prompts and seeds as a shorter run,
-so two models compare on the same videos) without generating anything.
+so two models compare on the same videos) without generating anything; ``--skip 12
+--first 50`` summarizes videos 13-50 (the prompts a 12-prompt selection did not see).
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="the pipeline folder to evaluate")
     parser.add_argument("--summarize", type=Path, help="a saved world_eval.json to re-summarize")
     parser.add_argument("--first", type=int, default=None, help="with --summarize: N videos")
+    parser.add_argument(
+        "--skip", type=int, default=0, help="with --summarize: leave out the first N videos"
+    )
     parser.add_argument("--prompts", type=int, default=50)
     parser.add_argument("--frames", type=int, default=240)
     parser.add_argument("--long-prompts", type=int, default=3)
@@ -94,7 +98,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.summarize:
         saved = json.loads(args.summarize.read_text())
-        rows = saved["videos"][: args.first]
+        rows = saved["videos"][args.skip : args.first]
         print(json.dumps(summarize(rows, saved["long"]), indent=2))
         return
     if args.model is None:
