@@ -10,7 +10,9 @@ earlier ship brings that ship's curves and records) and ``training.json`` (each 
 and summary); ``MODEL_CARD.md`` beside them is written by hand from these and the
 evaluation. ``--steps``, ``--scheduler`` and ``--stream-guidance`` set the shipped sampling
 defaults. ``--vae`` ships another VAE in the pipeline's latent space (a decoder fine-tuned with
-``options.decoder_only``: same latent channels and scaling factor, else an error).
+``options.decoder_only``: same latent channels and scaling factor, else an error). ``--unet``
+ships another base UNet for the first chunk (a pipeline folder or its ``unet/``, on the same
+latents and text width); the streaming chunks keep the pipeline's ``stream_unet/``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL
+from diffusers import AutoencoderKL, UNet3DConditionModel
 from PIL import Image, ImageDraw
 
 from streamingt2v import StreamingT2VPipeline
@@ -73,15 +75,20 @@ def loss_curve(log: Path, out: Path, title: str) -> None:
     img.save(out)
 
 
-def same_latent_space(vae: AutoencoderKL, old: AutoencoderKL, path: Path) -> AutoencoderKL:
-    """``vae`` (read from ``path``) if it shares ``old``'s latent channels and scaling factor
-    (the diffusion models' latent space), else a UsageError naming what differs."""
-    for key in ("latent_channels", "scaling_factor", "block_out_channels"):
-        if vae.config[key] != old.config[key]:
+LATENT_SPACE = ("latent_channels", "scaling_factor", "block_out_channels")  # a VAE's
+UNET_INPUTS = ("in_channels", "out_channels", "sample_size", "cross_attention_dim")
+
+
+def matching(model, old, keys: tuple[str, ...], path: Path):
+    """``model`` (read from ``path``) if its config equals ``old``'s on ``keys`` (a VAE: the
+    diffusion models' latent space; a UNet: the latents and text it takes), else a
+    UsageError naming what differs."""
+    for key in keys:
+        if model.config[key] != old.config[key]:
             raise UsageError(
-                f"{path}: {key} {vae.config[key]!r}, the pipeline's {old.config[key]!r}"
+                f"{path}: {key} {model.config[key]!r}, the pipeline's {old.config[key]!r}"
             )
-    return vae.eval()
+    return model.eval()
 
 
 def main() -> None:
@@ -101,6 +108,9 @@ def main() -> None:
         help="the model's SampleConfig.replace_overlap",
     )
     parser.add_argument("--vae", type=Path, default=None, help="a VAE in the same latent space")
+    parser.add_argument(
+        "--unet", type=Path, default=None, help="the first chunk's base UNet from this folder"
+    )
     parser.add_argument("--enhancer", type=Path, default=None, help="enhancer folder to ship")
     parser.add_argument(
         "--enhancer-guidance", type=float, default=None, help="the enhancer's default guidance"
@@ -117,7 +127,12 @@ def main() -> None:
     if args.replace_overlap is not None:
         pipe.config.sample.replace_overlap = args.replace_overlap
     if args.vae:
-        pipe.vae = same_latent_space(load_diffusers(AutoencoderKL, args.vae), pipe.vae, args.vae)
+        vae = load_diffusers(AutoencoderKL, args.vae)
+        pipe.vae = matching(vae, pipe.vae, LATENT_SPACE, args.vae)
+    if args.unet:
+        unet_dir = args.unet / "unet" if (args.unet / "unet").is_dir() else args.unet
+        unet = load_diffusers(UNet3DConditionModel, unet_dir)
+        pipe.unet = matching(unet, pipe.unet, UNET_INPUTS, args.unet)
     tmp = args.out.with_name(args.out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.to("cpu", torch.float16).save_pretrained(tmp)
@@ -133,6 +148,7 @@ def main() -> None:
         shutil.copy(card, tmp / card.name)
     stages = {}
     runs = lineage(args.pipeline) + (lineage(args.vae) if args.vae else [])
+    runs += lineage(args.unet) if args.unet else []
     runs += lineage(args.enhancer) if args.enhancer else []
     for run in dict.fromkeys(runs):
         if (run / "training.json").is_file():  # an earlier ship: its records and curves

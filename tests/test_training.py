@@ -265,3 +265,21 @@ def test_ship_lineage_lists_each_run_once_earliest_first(tmp_path, monkeypatch):
     (tmp_path / "shipped" / "training.json").write_text("{}")
     again = run("again", base=tmp_path / "shipped" / "unet", init=tmp_path / "shipped")
     assert [r.name for r in lineage(again)] == ["shipped", "again"]
+
+
+def test_ship_refuses_a_part_that_takes_other_latents(monkeypatch):
+    # benchmarks/ship_default.py --vae / --unet: a part from another folder ships only if it
+    # works in the pipeline's latent space (VAE) and takes its latents and text (UNet)
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from ship_default import UNET_INPUTS, matching
+
+    class Part(torch.nn.Module):
+        def __init__(self, **config):
+            super().__init__()
+            self.config = config
+
+    keys = dict(in_channels=4, out_channels=4, sample_size=8, cross_attention_dim=384)
+    same = Part(**keys)
+    assert matching(same, Part(**keys), UNET_INPUTS, Path("base")) is same
+    with pytest.raises(UsageError, match="cross_attention_dim 768"):
+        matching(Part(**keys | {"cross_attention_dim": 768}), same, UNET_INPUTS, Path("base"))
