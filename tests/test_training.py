@@ -168,6 +168,27 @@ def test_stream_stage_trains_the_official_parameter_set(inputs, tmp_path):
     )  # temporal: frozen
 
 
+def test_faded_frames_blend_only_the_object_into_the_background():
+    from streamingt2v.training.stages import faded
+
+    frames = torch.full((64, 3, 8, 8), -1.0)  # black
+    frames[:, 0, 3:5, 3:5] = 1.0  # a red object
+    kept = faded(frames, 0.0, torch.Generator().manual_seed(0))
+    assert torch.equal(kept, frames)
+    out = faded(frames, 1.0, torch.Generator().manual_seed(0))
+    assert torch.equal(out[:, :, 0], frames[:, :, 0])  # the background is untouched
+    red = (out[:, 0, 3, 3] + 1) / 2  # the object's opacity
+    assert red.min() >= 0.2 and red.max() < 1 and red.std() > 0.1
+    half = faded(frames, 0.5, torch.Generator().manual_seed(0))
+    assert 10 < int((half[:, 0, 3, 3] < 1).sum()) < 54
+
+
+def test_faint_share_out_of_range_is_a_usage_error(tmp_path):
+    cfg = _cfg("vae", tmp_path, model=VAE, options={"faint": 1.5})
+    with pytest.raises(UsageError, match="options.faint must be in"):
+        build_stage(cfg, torch.device("cpu"))
+
+
 def test_object_mask_with_a_margin_covers_the_pixels_around_the_object():
     from streamingt2v.training.stages import object_mask
 

@@ -148,6 +148,13 @@ class VaeStage(Stage):
         # rounds a 6-pixel square or triangle into a circle (the shape check reads the soft
         # bounding box), and plain background weight lets the decoder make one.
         self.object_margin = int(cfg.options.get("object_margin", 0))
+        # Not in the paper: this share of frames has its object faded into the background
+        # (opacity drawn from [0.2, 1)). The diffusion models draw faint objects early in a
+        # chunk, and a decoder trained on full-strength objects alone decodes a faint red one
+        # green (docs/training.md, run d1).
+        self.faint = cfg.options.get("faint", 0.0)
+        if not 0 <= self.faint <= 1:
+            raise UsageError(f"options.faint must be in [0, 1], got {self.faint!r}")
         if self.decoder_only:
             self.module.requires_grad_(False)
             self.module.decoder.requires_grad_(True)
@@ -158,9 +165,12 @@ class VaeStage(Stage):
 
     def batch_loss(self, index: int, batch: dict) -> torch.Tensor:
         x = batch["video"][:, :, 0].to(self.device)  # (B, 3, H, W)
+        generator = generator_for(self.cfg, index)
+        if self.faint:  # no extra draws otherwise: earlier runs replay unchanged
+            x = faded(x, self.faint, generator)
         posterior = self.module.encode(x).latent_dist
         z = posterior.mean + posterior.std * torch.randn(
-            posterior.mean.shape, generator=generator_for(self.cfg, index)
+            posterior.mean.shape, generator=generator
         ).to(self.device)
         recon = self.module.decode(z).sample
         weight = 1 + self.object_weight * object_mask(x, self.object_margin)  # (B, 1, H, W)
@@ -182,14 +192,28 @@ class VaeStage(Stage):
         return {"heldout_psnr_db": round(psnr, 2), "scaling_factor": vae.config.scaling_factor}
 
 
-def object_mask(frames: torch.Tensor, margin: int = 0) -> torch.Tensor:
-    """(B, 3, H, W) in [-1, 1] -> (B, 1, H, W): 1 where a pixel differs from the frame's
-    background (the median colour of its border), or lies within ``margin`` pixels of one."""
+def faded(frames: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:
+    """(B, 3, H, W) -> the same frames, a ``share`` of them with the object blended into the
+    background at an opacity drawn from [0.2, 1)."""
+    n = frames.shape[0]
+    opacity = 0.2 + 0.8 * torch.rand(n, generator=generator)
+    opacity = torch.where(torch.rand(n, generator=generator) < share, opacity, 1.0)
+    background = background_of(frames)
+    return background + opacity.to(frames)[:, None, None, None] * (frames - background)
+
+
+def background_of(frames: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, 3, 1, 1): each frame's background, the median colour of its border."""
     border = torch.cat(
         [frames[:, :, 0], frames[:, :, -1], frames[:, :, :, 0], frames[:, :, :, -1]], dim=-1
     )  # (B, 3, 2H + 2W)
-    background = border.median(dim=-1).values[:, :, None, None]  # (B, 3, 1, 1)
-    mask = ((frames - background).abs().sum(1, keepdim=True) > 0.15).float()
+    return border.median(dim=-1).values[:, :, None, None]
+
+
+def object_mask(frames: torch.Tensor, margin: int = 0) -> torch.Tensor:
+    """(B, 3, H, W) in [-1, 1] -> (B, 1, H, W): 1 where a pixel differs from the frame's
+    background (the median colour of its border), or lies within ``margin`` pixels of one."""
+    mask = ((frames - background_of(frames)).abs().sum(1, keepdim=True) > 0.15).float()
     if margin:
         mask = nn.functional.max_pool2d(mask, 2 * margin + 1, stride=1, padding=margin)
     return mask
