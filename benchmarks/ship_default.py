@@ -113,9 +113,17 @@ def main() -> None:
     )
     parser.add_argument("--enhancer", type=Path, default=None, help="enhancer folder to ship")
     parser.add_argument(
+        "--enhancer-vae",
+        type=Path,
+        default=None,
+        help="the enhancer's own VAE (the pipeline's latent space, e.g. a 64x64 decoder)",
+    )
+    parser.add_argument(
         "--enhancer-guidance", type=float, default=None, help="the enhancer's default guidance"
     )
     args = parser.parse_args()
+    if args.enhancer_vae and not args.enhancer:
+        parser.error("--enhancer-vae needs --enhancer")
 
     pipe = StreamingT2VPipeline.from_pretrained(args.pipeline)
     if args.steps:
@@ -142,7 +150,11 @@ def main() -> None:
         )
         defaults = enhancer.config.defaults
         enhancer.config.defaults = settings(defaults, guidance=args.enhancer_guidance)
-        enhancer.to("cpu", torch.float16).save_pretrained(tmp / "enhancer")
+        if args.enhancer_vae:
+            vae = load_diffusers(AutoencoderKL, args.enhancer_vae)
+            enhancer.vae = matching(vae, pipe.vae, LATENT_SPACE, args.enhancer_vae)
+        own_vae = enhancer.vae is not pipe.vae  # given, or the enhancer folder's own
+        enhancer.to("cpu", torch.float16).save_pretrained(tmp / "enhancer", own_vae=own_vae)
     card = args.out / "MODEL_CARD.md"
     if card.is_file():  # hand-written: kept across re-ships
         shutil.copy(card, tmp / card.name)
@@ -150,6 +162,7 @@ def main() -> None:
     runs = lineage(args.pipeline) + (lineage(args.vae) if args.vae else [])
     runs += lineage(args.unet) if args.unet else []
     runs += lineage(args.enhancer) if args.enhancer else []
+    runs += lineage(args.enhancer_vae) if args.enhancer_vae else []
     for run in dict.fromkeys(runs):
         if (run / "training.json").is_file():  # an earlier ship: its records and curves
             stages.update(json.loads((run / "training.json").read_text()))

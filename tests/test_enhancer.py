@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import shutil
@@ -59,6 +60,21 @@ def test_standalone_folder_round_trip_gives_the_same_video(enhancer, tmp_path):
     loaded = Enhancer.from_pretrained(tmp_path / "enh")
     video = _low_res_video(10)
     assert np.array_equal(_enhance(enhancer, video), _enhance(loaded, video))
+
+
+def test_an_enhancer_with_its_own_vae_keeps_it_inside_a_pipeline_folder(enhancer, tmp_path):
+    # A decoder trained at the enhancer's resolution (e.g. 64x64) ships in enhancer/vae/ and
+    # wins over the pipeline's VAE that generate passes in; the text encoder stays shared.
+    own = random_enhancer(copy.deepcopy(enhancer.vae), enhancer.text_encoder, seed=5)
+    perturb_(own.vae.decoder, seed=2, std=0.05)
+    own.save_pretrained(tmp_path / "enhancer", own_vae=True)
+    assert not (tmp_path / "enhancer" / "text_encoder").exists()
+    loaded = Enhancer.from_pretrained(
+        tmp_path / "enhancer", vae=enhancer.vae, text_encoder=enhancer.text_encoder
+    )
+    video = _low_res_video(6)
+    assert np.array_equal(_enhance(loaded, video), _enhance(own, video))
+    assert not np.array_equal(_enhance(loaded, video), _enhance(enhancer, video))
 
 
 @pytest.mark.parametrize("mode", ["independent", "shared-noise", "randomized"])

@@ -179,8 +179,10 @@ class Enhancer:
         scheduler_config = read_json(root / "scheduler" / "scheduler_config.json")
         return cls(unet, vae, text_encoder, scheduler_config, config).to(device, dtype)
 
-    def save_pretrained(self, path: str | Path, shared: bool = True) -> None:
-        """Write the folder; ``shared``: leave out the VAE and text encoder (the pipeline's)."""
+    def save_pretrained(self, path: str | Path, shared: bool = True, own_vae: bool = False) -> None:
+        """Write the folder; ``shared``: leave out the VAE and text encoder (the pipeline's),
+        but with ``own_vae`` write the VAE (one in the pipeline's latent space with a decoder
+        of its own, e.g. trained at the enhancer's resolution)."""
         root = Path(path)
         root.mkdir(parents=True, exist_ok=True)
         (root / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
@@ -189,8 +191,9 @@ class Enhancer:
         (root / "scheduler" / "scheduler_config.json").write_text(
             json.dumps(self.scheduler_config, indent=2) + "\n"
         )
-        if not shared:
+        if own_vae or not shared:
             self.vae.save_pretrained(root / "vae")
+        if not shared:
             self.text_encoder.model.save_pretrained(root / "text_encoder")
             self.text_encoder.tokenizer.save_pretrained(root / "tokenizer")
 
