@@ -325,8 +325,9 @@ def load_enhancer(
     pipe=None,
     size: str | None = None,
 ) -> Enhancer:
-    """The enhancer of a pipeline folder (sharing its VAE and text encoder), an enhancer
-    folder of its own, or a diffusers text-to-video folder used at ``size`` ("HxW")."""
+    """The enhancer of a pipeline folder (sharing its text encoder, and its VAE unless
+    enhancer/vae/ holds its own), an enhancer folder of its own, or a diffusers
+    text-to-video folder used at ``size`` ("HxW")."""
     model_dir = local_model_folder(model_dir)
     if not (model_dir / "enhancer").is_dir():
         if (model_dir / "pipeline_config.json").is_file():
