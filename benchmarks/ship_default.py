@@ -13,6 +13,8 @@ defaults. ``--vae`` ships another VAE in the pipeline's latent space (a decoder 
 ``options.decoder_only``: same latent channels and scaling factor, else an error). ``--unet``
 ships another base UNet for the first chunk (a pipeline folder or its ``unet/``, on the same
 latents and text width); the streaming chunks keep the pipeline's ``stream_unet/``.
+``--enhancer-vae`` gives the shipped enhancer its own VAE in the pipeline's latent space
+(e.g. a decoder trained at 64x64), written to ``enhancer/vae/``.
 """
 
 from __future__ import annotations
@@ -159,10 +161,9 @@ def main() -> None:
     if card.is_file():  # hand-written: kept across re-ships
         shutil.copy(card, tmp / card.name)
     stages = {}
-    runs = lineage(args.pipeline) + (lineage(args.vae) if args.vae else [])
-    runs += lineage(args.unet) if args.unet else []
-    runs += lineage(args.enhancer) if args.enhancer else []
-    runs += lineage(args.enhancer_vae) if args.enhancer_vae else []
+    runs = lineage(args.pipeline)
+    for part in (args.vae, args.unet, args.enhancer, args.enhancer_vae):
+        runs += lineage(part) if part else []
     for run in dict.fromkeys(runs):
         if (run / "training.json").is_file():  # an earlier ship: its records and curves
             stages.update(json.loads((run / "training.json").read_text()))

@@ -14,7 +14,8 @@ makes only the rest, so a 12-prompt run extends to 50 without redoing the first 
 
 re-summarizes a saved run over its first N videos (same prompts and seeds as a shorter run,
 so two models compare on the same videos) without generating anything; ``--skip 12
---first 50`` summarizes videos 13-50 (the prompts a 12-prompt selection did not see).
+--first 50`` summarizes videos 13-50 (the prompts a 12-prompt selection did not see);
+``--shape triangle`` keeps only the videos whose prompt names that shape.
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ def main() -> None:
     parser.add_argument(
         "--skip", type=int, default=0, help="with --summarize: leave out the first N videos"
     )
+    parser.add_argument(
+        "--shape", default=None, help="with --summarize: only the videos of this shape's prompts"
+    )
     parser.add_argument("--prompts", type=int, default=50)
     parser.add_argument("--frames", type=int, default=240)
     parser.add_argument("--long-prompts", type=int, default=3)
@@ -99,6 +103,8 @@ def main() -> None:
     if args.summarize:
         saved = json.loads(args.summarize.read_text())
         rows = saved["videos"][args.skip : args.first]
+        if args.shape:
+            rows = [r for r in rows if args.shape in r["prompt"].split()]
         print(json.dumps(summarize(rows, saved["long"]), indent=2))
         return
     if args.model is None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -304,3 +306,19 @@ def test_ship_refuses_a_part_that_takes_other_latents(monkeypatch):
     assert matching(same, Part(**keys), UNET_INPUTS, Path("base")) is same
     with pytest.raises(UsageError, match="cross_attention_dim 768"):
         matching(Part(**keys | {"cross_attention_dim": 768}), same, UNET_INPUTS, Path("base"))
+
+
+def test_world_eval_summarize_keeps_one_shape(tmp_path):
+    # benchmarks/world_eval.py --summarize FILE --shape S: the per-shape figures of a saved run
+    row = dict(colour_right=1.0, background_right=1.0, direction_right=None, cuts=0,
+               seconds=1.0, speed_first=1.0, speed_last=1.0)  # fmt: skip
+    videos = [row | {"prompt": f"a red {s} moving left", "shape_right": v}
+              for s, v in (("triangle", 0.2), ("square", 0.9), ("triangle", 0.4))]  # fmt: skip
+    saved = tmp_path / "world_eval.json"
+    saved.write_text(json.dumps({"videos": videos, "long": []}))
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "world_eval.py"
+    out = subprocess.run(
+        [sys.executable, script, "--summarize", saved, "--shape", "triangle"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert json.loads(out)["measured"]["shape_right"] == 0.3
