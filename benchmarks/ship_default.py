@@ -14,7 +14,8 @@ defaults. ``--vae`` ships another VAE in the pipeline's latent space (a decoder 
 ships another base UNet for the first chunk (a pipeline folder or its ``unet/``, on the same
 latents and text width); the streaming chunks keep the pipeline's ``stream_unet/``.
 ``--enhancer-vae`` gives the shipped enhancer its own VAE in the pipeline's latent space
-(e.g. a decoder trained at 64x64), written to ``enhancer/vae/``.
+(e.g. a decoder trained at 64x64), written to ``enhancer/vae/``; ``--enhancer-guidance`` and
+``--enhancer-strength`` set the shipped enhancer's defaults.
 """
 
 from __future__ import annotations
@@ -123,6 +124,9 @@ def main() -> None:
     parser.add_argument(
         "--enhancer-guidance", type=float, default=None, help="the enhancer's default guidance"
     )
+    parser.add_argument(
+        "--enhancer-strength", type=float, default=None, help="the enhancer's default strength"
+    )
     args = parser.parse_args()
     if args.enhancer_vae and not args.enhancer:
         parser.error("--enhancer-vae needs --enhancer")
@@ -151,7 +155,9 @@ def main() -> None:
             args.enhancer, vae=pipe.vae, text_encoder=pipe.text_encoder
         )
         defaults = enhancer.config.defaults
-        enhancer.config.defaults = settings(defaults, guidance=args.enhancer_guidance)
+        enhancer.config.defaults = settings(
+            defaults, guidance=args.enhancer_guidance, strength=args.enhancer_strength
+        )
         if args.enhancer_vae:
             vae = load_diffusers(AutoencoderKL, args.enhancer_vae)
             enhancer.vae = matching(vae, pipe.vae, LATENT_SPACE, args.enhancer_vae)
