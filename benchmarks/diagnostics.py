@@ -97,12 +97,19 @@ def vae_round_trip(folder: Path, size: int = 32) -> None:
 
 
 def right_per_frame(video: np.ndarray, words: dict[str, str]) -> np.ndarray:
-    """(F, 2) booleans: each frame's background and object colour read as ``words`` say."""
+    """(F, 3) booleans: each frame's background, object colour and shape read as ``words``
+    say."""
     from streamingt2v.metrics.world_checks import read_frame
 
-    readings = [read_frame(frame) for frame in video]
     return np.array(
-        [(r.background == words["background"], r.colour == words["colour"]) for r in readings]
+        [
+            (
+                r.background == words["background"],
+                r.colour == words["colour"],
+                r.shape == words["shape"],
+            )
+            for r in map(read_frame, video)
+        ]
     )
 
 
@@ -303,34 +310,46 @@ def readme_prompt(
     )
     right = right_per_frame(video, parse_caption(prompt))
     for start, stop in ((0, 16), *((s, s + 8) for s in range(16, frames, 8))):
-        backgrounds, colours = right[start:stop].sum(0)
+        backgrounds, colours, _ = right[start:stop].sum(0)
         print(
             f"frames {start}-{stop - 1}: black background {backgrounds}/{stop - start}, "
             f"red object {colours}/{stop - start}"
         )
 
 
-def chunk_quality(model_dir: Path, prompts: int = 8, frames: int = 48) -> None:
-    """Is the first chunk (the base) or the streaming stage the weak part? Colour and
-    background right in the first chunk and in the streaming frames, over the first
-    ``prompts`` evaluation prompts (benchmarks/world_eval.py's, seed 0 each)."""
+def chunk_quality(
+    model_dir: Path, prompts: int = 8, frames: int = 48, shape: str | None = None
+) -> None:
+    """Is the first chunk (the base) or the streaming stage the weak part? Background,
+    colour and shape right in the first chunk and in the streaming frames, over the first
+    ``prompts`` evaluation prompts (benchmarks/world_eval.py's, seed 0 each), or the first
+    ``prompts`` of them with objects of ``shape``."""
     from world_eval import eval_prompts
 
     from streamingt2v import StreamingT2VPipeline
     from streamingt2v.world.render import parse_caption
 
     pipe = StreamingT2VPipeline.from_pretrained(model_dir)
-    first = np.zeros(2)
-    later = np.zeros(2)
-    for prompt in eval_prompts(prompts, 0):
+    chosen = [
+        p for p in eval_prompts(50 * prompts, 0) if shape in (None, parse_caption(p)["shape"])
+    ]
+    first = np.zeros(3)
+    later = np.zeros(3)
+    for prompt in chosen[:prompts]:
         right = right_per_frame(pipe(prompt, frames, seed=0).frames, parse_caption(prompt))
         first += right[:16].sum(0)
         later += right[16:].sum(0)
-        print(f"{prompt}: first chunk bg/colour {right[:16].mean(0)}, later {right[16:].mean(0)}")
-    n_first, n_later = 16 * prompts, (frames - 16) * prompts
+        print(
+            f"{prompt}: first chunk bg/colour/shape {right[:16].mean(0)}, "
+            f"later {right[16:].mean(0)}",
+            flush=True,
+        )
+    first /= 16 * prompts
+    later /= (frames - 16) * prompts
     print(
-        f"first chunk: background {first[0] / n_first:.1%}, colour {first[1] / n_first:.1%}; "
-        f"streaming frames: background {later[0] / n_later:.1%}, colour {later[1] / n_later:.1%}"
+        f"first chunk: background {first[0]:.1%}, colour {first[1]:.1%}, shape {first[2]:.1%}; "
+        f"streaming frames: background {later[0]:.1%}, colour {later[1]:.1%}, "
+        f"shape {later[2]:.1%}"
     )
 
 
@@ -486,6 +505,8 @@ def main() -> None:
         "--replace-overlap", action="store_true", help="continuation: SampleConfig's"
     )
     parser.add_argument("--eval", type=Path, help="windows: a world_eval.json")
+    parser.add_argument("--frames", type=int, default=48, help="chunks: the videos' length")
+    parser.add_argument("--shape", help="chunks: only prompts with objects of this shape")
     parser.add_argument("--size", type=int, default=32, help="vae: the frames' size")
     parser.add_argument("--videos", type=int, default=8, help="continuation: how many")
     parser.add_argument(
@@ -503,7 +524,7 @@ def main() -> None:
     elif args.what == "readme":
         readme_prompt(args.model, args.guidance, args.stream_guidance)
     elif args.what == "chunks":
-        chunk_quality(args.model)
+        chunk_quality(args.model, frames=args.frames, shape=args.shape)
     elif args.what == "continuation":
         continuation(
             args.model,

@@ -164,3 +164,17 @@ def test_swapped_caption_changes_one_word_and_keeps_object_off_background(monkey
         parse_caption(swapped("a red circle moving left on a black background", "motion"))["motion"]
         == "moving right"
     )
+
+
+def test_diagnostics_reads_background_colour_and_shape_per_frame(monkeypatch):
+    # benchmarks/diagnostics.py chunks: a rendered video is right in every frame; a caption
+    # with another shape is wrong in shape only
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from diagnostics import right_per_frame
+
+    params = _params(shape="triangle", motion="moving right")
+    video = render(params, 12, size=32)
+    words = parse_caption(params.caption)
+    assert right_per_frame(video, words).all()
+    wrong = right_per_frame(video, words | {"shape": "circle"})
+    assert wrong[:, :2].all() and not wrong[:, 2].any()
