@@ -18,10 +18,11 @@ from streamingt2v.random_models import MODELSCOPE_SCHEDULER
 
 @pytest.fixture(scope="module")
 def denoiser():
+    # A conditioned enhancer's UNet: it reads the clean input latents beside the noisy ones.
     torch.manual_seed(0)
     unet = UNet3DConditionModel(
         sample_size=4,
-        in_channels=4,
+        in_channels=8,
         out_channels=4,
         down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
         up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
@@ -34,8 +35,8 @@ def denoiser():
     context = torch.randn(1, 3, 8)
 
     @torch.no_grad()
-    def denoise(x, t):
-        return unet(x, t, context.expand(x.shape[0], -1, -1)).sample
+    def denoise(x, t, clean):
+        return unet(torch.cat([x, clean], 1), t, context.expand(x.shape[0], -1, -1)).sample
 
     return denoise
 
@@ -101,6 +102,35 @@ def test_shorter_than_one_chunk_and_tail_lengths_work(denoiser):
             for f, _ in denoise_chunks(denoiser, _source(n), n, Schedule(MODELSCOPE_SCHEDULER, cfg))
         ]
         assert frames == list(range(n))
+
+
+@pytest.mark.parametrize(
+    "mode, run",
+    [
+        ("randomized", denoise_whole),
+        ("randomized", denoise_streaming),
+        ("shared-noise", denoise_chunks),
+    ],
+)
+def test_every_evaluation_reads_its_own_frames_clean_latents(mode, run):
+    # Frame f's clean latents are all f: each call must see its chunk's frames, in order.
+    n, cfg = 20, EnhanceConfig(chunk=8, overlap=3, steps=4, mode=mode)
+    latents = torch.arange(n, dtype=torch.float32)[:, None, None, None].expand(n, 4, 2, 2)
+    seen = []
+
+    def denoise(x, t, clean):
+        assert clean.shape == x.shape
+        seen.append(clean[0, 0, :, 0, 0].int().tolist())
+        return torch.zeros_like(x)
+
+    result = run(
+        denoise, lambda f: latents[f.start : f.stop], n, Schedule(MODELSCOPE_SCHEDULER, cfg)
+    )
+    if not isinstance(result, torch.Tensor):
+        list(result)
+    chunks = [list(range(s, min(s + 8, n))) for s in (0, 5, 10, 12)]
+    # 4 steps at strength 0.6: 2 of them run, every chunk once per step
+    assert sorted(seen) == sorted(chunks * 2)
 
 
 def test_bad_settings_are_refused():

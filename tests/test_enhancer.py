@@ -212,6 +212,31 @@ def test_perturbed_enhancer_changes_the_video(enhancer):
     assert not np.array_equal(_enhance(enhancer, video), _enhance(other, video))
 
 
+def test_a_conditioned_enhancer_reads_the_input_latents_at_every_step(enhancer):
+    from streamingt2v.config import ModelLoadError
+    from streamingt2v.models.unet import with_input_channels
+
+    unet = with_input_channels(copy.deepcopy(enhancer.unet), 8)
+    perturb_(unet, seed=2, std=0.05)  # the new channels' weights are no longer zero
+    wide = Enhancer(unet, enhancer.vae, enhancer.text_encoder, enhancer.scheduler_config)
+    assert wide.conditioned and not enhancer.conditioned
+    seen = []  # conv_in reads (F, 8, h, w): the noisy latents, then the extra channels
+    hook = unet.conv_in.register_forward_pre_hook(lambda _, a: seen.append(a[0][:, 4:].clone()))
+    video = _low_res_video(10)
+    out = _enhance(wide, video, guidance=1.0)  # steps 4, strength 0.6: 2 steps run
+    hook.remove()
+    # each call's extra channels are its chunk's clean input latents (chunks at 0 and 2)
+    clean = wide._encode(video)  # (F, C, h, w)
+    starts = [
+        next(s for s in (0, 2) if torch.allclose(got, clean[s : s + 8], atol=1e-5)) for got in seen
+    ]
+    assert sorted(starts) == [0, 0, 2, 2]
+    assert not np.array_equal(out, _enhance(enhancer, video, guidance=1.0))
+    odd = with_input_channels(copy.deepcopy(enhancer.unet), 6)
+    with pytest.raises(ModelLoadError, match="latent channels"):
+        Enhancer(odd, enhancer.vae, enhancer.text_encoder, enhancer.scheduler_config)
+
+
 def test_generate_any_aspect_ratio_through_the_enhancer(enhanced_model_dir, tmp_path, capsys):
     out = tmp_path / "wide.mp4"
     """Any multiple of the VAE's factor, also one whose latent side the UNet cannot halve

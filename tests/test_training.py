@@ -105,11 +105,32 @@ def _configs(inputs, out):
         # the paper's ablation baselines Add-Cond and Conc-Cond, trained by the same stage
         "stream add-cond": _stream_cfg(inputs, out, merge="add"),
         "stream conc-cond": _stream_cfg(inputs, out, merge="concat"),
+        "enhancer": _enhancer_cfg(inputs, out, condition=False),
+        "enhancer conditioned": _enhancer_cfg(inputs, out, condition=True),
     }
 
 
+def _enhancer_cfg(inputs, out, condition):
+    return _cfg(
+        "enhancer",
+        out,
+        inputs={"vae": inputs["vae"], "init": inputs["base"]},
+        options={"frames": 8, "scale": 2, "condition": condition},
+    )
+
+
 @pytest.mark.parametrize(
-    "stage", ["vae", "image-encoder", "base", "stream", "stream add-cond", "stream conc-cond"]
+    "stage",
+    [
+        "vae",
+        "image-encoder",
+        "base",
+        "stream",
+        "stream add-cond",
+        "stream conc-cond",
+        "enhancer",
+        "enhancer conditioned",
+    ],
 )
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch(stage, inputs, tmp_path):
     torch.manual_seed(0)
@@ -322,3 +343,28 @@ def test_world_eval_summarize_keeps_one_shape(tmp_path):
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert json.loads(out)["measured"]["shape_right"] == 0.3
+
+
+def test_conditioned_enhancer_trains_from_the_base_and_exports_a_loadable_enhancer(
+    inputs, tmp_path
+):
+    from diffusers import UNet3DConditionModel
+
+    from streamingt2v.enhancer import Enhancer
+    from streamingt2v.models.unet import with_input_channels
+
+    # Widening the base's conv_in with zero weights changes nothing, whatever the new
+    # channels hold; training then teaches the UNet to read them.
+    base = UNet3DConditionModel.from_pretrained(inputs["base"]).eval()
+    wide = with_input_channels(UNet3DConditionModel.from_pretrained(inputs["base"]), 8).eval()
+    x, context = torch.randn(1, 4, 3, 8, 8), torch.randn(1, 5, 384)
+    with torch.no_grad():
+        same = base(x, 500, context).sample
+        for extra in (torch.zeros_like(x), torch.randn_like(x)):
+            assert torch.allclose(wide(torch.cat([x, extra], 1), 500, context).sample, same)
+    stage = build_stage(_enhancer_cfg(inputs, tmp_path, condition=True), torch.device("cpu"))
+    assert stage.module.config.in_channels == 8
+    stage.export(tmp_path / "enhancer")
+    text = stage.text
+    enhancer = Enhancer.from_pretrained(tmp_path / "enhancer", vae=stage.vae, text_encoder=text)
+    assert enhancer.conditioned

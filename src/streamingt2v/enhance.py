@@ -15,6 +15,10 @@ official algorithm, for reference and tests), and ``denoise_streaming`` advances
 as a wavefront - chunk k runs step s once chunks k-1 and k+1 have run step s-1 - and hands
 out each frame as soon as its last step is done, so memory does not grow with the video's
 length. Both give the same latents (tested to 1e-5).
+
+Every model evaluation is also handed its frames' clean input latents: a conditioned
+enhancer (``enhancer.py``) reads them as extra input channels; the paper's SDEdit enhancer
+ignores them.
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ from diffusers import DDIMScheduler
 
 from .blending import MODES, chunk_starts, frame_noise, owners, step_noise
 
-# x (1, C, F, h, w) noisy latents of one chunk, t -> guided eps (or v) of the same shape.
-ChunkDenoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# x (1, C, F, h, w) noisy latents of one chunk, t, the same frames' clean input latents
+# (1, C, F, h, w; what a conditioned enhancer also reads) -> guided eps (or v) like x.
+ChunkDenoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 # frame indices -> their clean latents (F, C, h, w), read on demand.
 LatentSource = Callable[[range], torch.Tensor]
 
@@ -96,8 +101,13 @@ class Schedule:
         return out.prev_sample
 
 
-def _predict(denoise: ChunkDenoiser, x_fchw: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    eps = denoise(x_fchw.permute(1, 0, 2, 3)[None], t)  # (1, C, F, h, w)
+def _predict(
+    denoise: ChunkDenoiser, x_fchw: torch.Tensor, t: torch.Tensor, clean_fchw: torch.Tensor
+) -> torch.Tensor:
+    def video(frames: torch.Tensor) -> torch.Tensor:  # (F, C, h, w) -> (1, C, F, h, w)
+        return frames.permute(1, 0, 2, 3)[None]
+
+    eps = denoise(video(x_fchw), t, video(clean_fchw))
     return eps[0].permute(1, 0, 2, 3)  # (F, C, h, w)
 
 
@@ -115,8 +125,9 @@ def denoise_whole(
         x0 = torch.empty_like(x)
         for k, start in enumerate(starts):
             frames = range(start, min(start + cfg.chunk, num_frames))
+            chunk = slice(start, frames.stop)
             pred = schedule.x0_from_output(
-                x[start : frames.stop], _predict(denoise, x[start : frames.stop], t), step
+                x[chunk], _predict(denoise, x[chunk], t, z0[chunk]), step
             )
             mine = owner[start : frames.stop] == k
             x0[start : frames.stop][mine] = pred[mine]
@@ -139,6 +150,7 @@ def denoise_streaming(
         for f in range(s, e):
             covering.setdefault(f, []).append(k)
     x: dict[int, torch.Tensor] = {}  # frame -> latents at the frame's current step
+    clean: dict[int, torch.Tensor] = {}  # frame -> its clean input latents
     at: dict[int, int] = {}  # frame -> its current step
     x0: dict[int, torch.Tensor] = {}  # frame -> x0 of its owner at its current step
     done = [-1] * len(starts)  # last step each chunk has predicted
@@ -169,7 +181,7 @@ def denoise_streaming(
             frames = range(starts[k], ends[k])
             for f in frames:  # first visit: noise the frame (its noise is shared)
                 if f not in x:
-                    z0 = source(range(f, f + 1))[0]
+                    z0 = clean[f] = source(range(f, f + 1))[0]
                     x[f] = schedule.noised(z0[None], frame_noise(cfg.seed, f, z0.shape)[None])[0]
                     at[f] = 0
             if any(at[f] != step for f in frames):  # an invariant of the slot order
@@ -178,7 +190,9 @@ def denoise_streaming(
                     f"{[(f, at[f]) for f in frames]}"
                 )
             xs = torch.stack([x[f] for f in frames])
-            output = _predict(denoise, xs, schedule.timesteps[step])
+            output = _predict(
+                denoise, xs, schedule.timesteps[step], torch.stack([clean[f] for f in frames])
+            )
             pred = schedule.x0_from_output(xs, output, step)
             done[k] = step
             for i, f in enumerate(frames):
@@ -190,7 +204,7 @@ def denoise_streaming(
                     at[f] = step + 1
         while next_out < num_frames and at.get(next_out) == steps:
             yield next_out, x.pop(next_out)
-            del at[next_out]
+            del at[next_out], clean[next_out]
             next_out += 1
         for step in [s for s in owner_cache if s * reach < slot - len(starts)]:
             del owner_cache[step]
@@ -216,7 +230,7 @@ def denoise_chunks(
         x = schedule.noised(z0, noise)
         for step, t in enumerate(schedule.timesteps):
             x = schedule.step(
-                x, schedule.x0_from_output(x, _predict(denoise, x, t), step), step, frames
+                x, schedule.x0_from_output(x, _predict(denoise, x, t, z0), step), step, frames
             )
         keep_until = starts[k + 1] if k + 1 < len(starts) else frames.stop
         for f in range(next_out, keep_until):

@@ -4,13 +4,20 @@ applied to a low-resolution video by SDEdit in overlapping chunks (``enhance.py`
 Folder (``enhancer/`` inside a pipeline folder, or a folder of its own)::
 
     enhancer_config.json   scale and the default EnhanceConfig (chunk, overlap, strength, ...)
-    unet/                  diffusers UNet3DConditionModel
+    unet/                  diffusers UNet3DConditionModel; with twice the VAE's latent
+                           channels as inputs, a conditioned enhancer (below)
     scheduler/             its noise schedule
     vae/ text_encoder/ tokenizer/   its own; absent inside a pipeline folder, whose are shared
 
 Frames go in and come out one by one: the input is read as the chunks need it, and every
 output frame is decoded as soon as its last denoising step is done, so memory does not grow
 with the video's length.
+
+A conditioned enhancer (our addition, not in the paper or the official code) also reads the
+upsampled input's clean latents, concatenated to the noisy latents as extra UNet input
+channels (as in cascaded super-resolution diffusion): the structure of the input is handed
+to the model at every step instead of only through the SDEdit starting point. The folder's
+UNet says which it is (``in_channels``); everything else is the same.
 """
 
 from __future__ import annotations
@@ -118,6 +125,27 @@ class _FrameWindow:
         return self.encode(np.stack([self.cache[f] for f in wanted]))
 
 
+def resize(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(F, 3, H, W) in [-1, 1] -> (F, 3, *size): bilinear, antialiased where it shrinks."""
+    shrink = size[0] < frames.shape[2] or size[1] < frames.shape[3]
+    return nn.functional.interpolate(
+        frames, size=size, mode="bilinear", align_corners=False, antialias=shrink
+    ).clamp(-1, 1)
+
+
+def conditioned(unet: UNet3DConditionModel, vae: AutoencoderKL) -> bool:
+    """True when ``unet`` reads the input's clean latents beside the noisy ones (twice the
+    VAE's latent channels); ModelLoadError when its inputs fit neither."""
+    latent, given = vae.config.latent_channels, unet.config.in_channels
+    if given not in (latent, 2 * latent) or unet.config.out_channels != latent:
+        raise ModelLoadError(
+            f"the enhancer's UNet takes {given} channels and gives "
+            f"{unet.config.out_channels}; its VAE has {latent} latent channels (the UNet "
+            f"must give {latent} and take {latent}, or {2 * latent} when conditioned)"
+        )
+    return given == 2 * latent
+
+
 class Enhancer:
     def __init__(
         self,
@@ -132,6 +160,7 @@ class Enhancer:
         self.text_encoder = text_encoder.eval()
         self.scheduler_config = dict(scheduler_config)
         self.config = config or EnhancerConfig()
+        conditioned(unet, vae)  # a UNet that does not fit the VAE fails here, not mid-video
         self.offloader: Offloader | None = None  # shared with the pipeline (``--offload``)
 
     @classmethod
@@ -239,17 +268,18 @@ class Enhancer:
             )
         return out
 
+    @property
+    def conditioned(self) -> bool:
+        """Whether the UNet also reads the input's clean latents (module docstring)."""
+        return conditioned(self.unet, self.vae)
+
     @torch.no_grad()
     def upscale(self, frames_fhwc: np.ndarray) -> torch.Tensor:
         """(F, H, W, 3) uint8 low-res -> (F, 3, *output_size) in [-1, 1]: the frames that
         SDEdit starts from (bilinear, antialiased where it shrinks)."""
         x = torch.from_numpy(np.ascontiguousarray(frames_fhwc)).to(self.device)
         x = x.permute(0, 3, 1, 2).float() / 127.5 - 1
-        size = self.output_size(*x.shape[2:])
-        shrink = size[0] < x.shape[2] or size[1] < x.shape[3]
-        return nn.functional.interpolate(
-            x, size=size, mode="bilinear", align_corners=False, antialias=shrink
-        ).clamp(-1, 1)
+        return resize(x, self.output_size(*x.shape[2:]))
 
     @torch.no_grad()
     def _encode(self, frames_fhwc: np.ndarray) -> torch.Tensor:
@@ -287,8 +317,12 @@ class Enhancer:
         context = self.text_encoder([negative_prompt, prompt]).to(self.unet.dtype)
         guided = text_denoiser(self.unet, context, cfg.guidance)
 
-        def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with_input = self.conditioned
+
+        def denoise(x: torch.Tensor, t: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
             self.use_unet()
+            if with_input:
+                x = torch.cat([x, clean], dim=1)
             return guided(x.to(self.unet.dtype), t).float()
 
         read_ahead = READ_AHEAD if self.offloader else 1

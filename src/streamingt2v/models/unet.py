@@ -158,3 +158,21 @@ def skip_channels(unet_config: dict[str, Any]) -> list[int]:
 def with_skips(feats: UNetFeatures, skips: list[torch.Tensor], mid: torch.Tensor) -> UNetFeatures:
     """Features with replaced skips and mid-block output."""
     return replace(feats, skips=skips, mid=mid)
+
+
+@torch.no_grad()
+def with_input_channels(unet: UNet3DConditionModel, channels: int) -> UNet3DConditionModel:
+    """``unet`` taking ``channels`` input channels (more than it has): the new channels'
+    ``conv_in`` weights are zero, so it computes what it did whatever they hold, until
+    training teaches it to read them (a conditioned enhancer's input latents)."""
+    old = unet.conv_in
+    if channels <= old.in_channels:
+        raise ValueError(f"the UNet already takes {old.in_channels} channels, asked {channels}")
+    new = nn.Conv2d(channels, old.out_channels, old.kernel_size, padding=old.padding)
+    new.to(old.weight)
+    new.weight.zero_()
+    new.weight[:, : old.in_channels] = old.weight
+    new.bias.copy_(old.bias)
+    unet.conv_in = new
+    unet.register_to_config(in_channels=channels)
+    return unet

@@ -5,7 +5,10 @@ image-encoder  CLIP-like vision tower, contrastive against the frozen text encod
                embeddings of all world captions (soft targets over the motions, which a
                single frame cannot show).
 base           UNet3D text-to-video on 16-frame clips, epsilon prediction, 10% empty prompts.
-enhancer       the same at twice the resolution on 24-frame clips, for t < 700 (SDEdit).
+enhancer       the same at twice the resolution on 24-frame clips, for t < 700 (SDEdit);
+               with ``options.condition``, the UNet also reads the clean latents of the
+               clip brought down to the streaming resolution and back up (a conditioned
+               enhancer, ``enhancer.py``).
 stream         CAM + APM on the frozen base's temporal layers (official recipe: the base's
                spatial layers, the CAM trunk, mergers, resampler and APM mixers train; the
                VAE, text and image encoders and the temporal layers stay frozen). The
@@ -31,11 +34,11 @@ from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from ..config import ApmConfig, CamConfig, PipelineConfig, StreamConfig, UsageError
-from ..enhancer import Enhancer, EnhancerConfig
+from ..enhancer import Enhancer, EnhancerConfig, resize
 from ..models.apm import AppearancePreservationModule
 from ..models.cam import ConditionalAttentionModule
 from ..models.encoders import ImageEncoder, PromptTable, TextEncoder
-from ..models.unet import unet_forward, video_latents
+from ..models.unet import unet_forward, video_latents, with_input_channels
 from ..models.weights import load_diffusers
 from ..pipeline import StreamingT2VPipeline
 from ..random_models import MODELSCOPE_SCHEDULER
@@ -366,8 +369,13 @@ class BaseStage(LatentVideoStage):
         g = generator_for(self.cfg, index)
         z0 = self.encode_video(batch["video"])
         x, target, t = self.noised(z0, g)
+        x = self.model_input(x, batch["video"])
         pred = unet_forward(self.module, x, t, self.context(batch["caption"], g))
         return self.weighted_mse(pred, target, batch["video"])
+
+    def model_input(self, x: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
+        """What the UNet reads for the noisy latents ``x`` of (B, 3, F, H, W) ``video``."""
+        return x
 
     @torch.no_grad()
     def export(self, folder: Path) -> dict[str, Any]:
@@ -385,11 +393,27 @@ class EnhancerStage(BaseStage):
 
     def __init__(self, cfg: TrainConfig, device: torch.device):
         super().__init__(cfg, device, frames=cfg.options.get("frames", 24))
+        self.scale = cfg.options.get("scale", 2)
+        # Our addition: a conditioned enhancer (enhancer.py). An unconditioned init (the base,
+        # an SDEdit enhancer) gains the input channels with zero weights.
+        self.condition = cfg.options.get("condition", False)
+        latent = self.vae.config.latent_channels
+        if self.condition and self.module.config.in_channels == latent:
+            self.module = with_input_channels(self.module, 2 * latent)
+
+    def model_input(self, x: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
+        if not self.condition:
+            return x
+        frames = video.permute(0, 2, 1, 3, 4).flatten(0, 1)  # (B*F, 3, H, W)
+        size = frames.shape[-2:]
+        low = resize(resize(frames, (size[0] // self.scale, size[1] // self.scale)), size)
+        low = low.unflatten(0, (len(video), -1)).permute(0, 2, 1, 3, 4)
+        return torch.cat([x, self.encode_video(low)], dim=1)
 
     @torch.no_grad()
     def export(self, folder: Path) -> dict[str, Any]:
         config = EnhancerConfig(
-            scale=self.cfg.options.get("scale", 2),
+            scale=self.scale,
             text_tokens=TEXT_TOKENS,
             text_attention_mask=True,
         )
