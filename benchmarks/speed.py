@@ -27,6 +27,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from streamingt2v import StreamingT2VPipeline, sampling
+from streamingt2v.models import cam as cam_module
 from streamingt2v.models.cam import ConditionalAttentionModule
 from streamingt2v.video_io import VideoWriter
 
@@ -45,7 +46,9 @@ def timed(name: str, fn):
 
 
 def instrument() -> None:
-    sampling.unet_forward = timed("unet (incl. mergers, APM)", sampling.unet_forward)
+    # The first chunk calls the UNet through sampling, the streaming chunks through the CAM.
+    unet = timed("unet (incl. mergers, APM)", sampling.unet_forward)
+    sampling.unet_forward = cam_module.unet_forward = unet
     cam = ConditionalAttentionModule
     cam.features = timed("cam trunk", cam.features)
     cam.merge = timed("cam mergers", cam.merge)
