@@ -332,10 +332,10 @@ def chunk_quality(
     pipe = StreamingT2VPipeline.from_pretrained(model_dir)
     chosen = [
         p for p in eval_prompts(50 * prompts, 0) if shape in (None, parse_caption(p)["shape"])
-    ]
+    ][:prompts]
     first = np.zeros(3)
     later = np.zeros(3)
-    for prompt in chosen[:prompts]:
+    for prompt in chosen:
         right = right_per_frame(pipe(prompt, frames, seed=0).frames, parse_caption(prompt))
         first += right[:16].sum(0)
         later += right[16:].sum(0)
@@ -344,8 +344,8 @@ def chunk_quality(
             f"later {right[16:].mean(0)}",
             flush=True,
         )
-    first /= 16 * prompts
-    later /= (frames - 16) * prompts
+    first /= 16 * len(chosen)
+    later /= (frames - 16) * len(chosen)
     print(
         f"first chunk: background {first[0]:.1%}, colour {first[1]:.1%}, shape {first[2]:.1%}; "
         f"streaming frames: background {later[0]:.1%}, colour {later[1]:.1%}, "

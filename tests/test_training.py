@@ -365,6 +365,7 @@ def test_conditioned_enhancer_trains_from_the_base_and_exports_a_loadable_enhanc
     stage = build_stage(_enhancer_cfg(inputs, tmp_path, condition=True), torch.device("cpu"))
     assert stage.module.config.in_channels == 8
     stage.export(tmp_path / "enhancer")
-    text = stage.text
-    enhancer = Enhancer.from_pretrained(tmp_path / "enhancer", vae=stage.vae, text_encoder=text)
+    enhancer = Enhancer.from_pretrained(
+        tmp_path / "enhancer", vae=stage.vae, text_encoder=stage.text
+    )
     assert enhancer.conditioned

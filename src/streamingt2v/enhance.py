@@ -124,13 +124,12 @@ def denoise_whole(
         owner = torch.from_numpy(owners(starts, num_frames, cfg.chunk, cfg.seed, step))
         x0 = torch.empty_like(x)
         for k, start in enumerate(starts):
-            frames = range(start, min(start + cfg.chunk, num_frames))
-            chunk = slice(start, frames.stop)
+            chunk = slice(start, min(start + cfg.chunk, num_frames))
             pred = schedule.x0_from_output(
                 x[chunk], _predict(denoise, x[chunk], t, z0[chunk]), step
             )
-            mine = owner[start : frames.stop] == k
-            x0[start : frames.stop][mine] = pred[mine]
+            mine = owner[chunk] == k
+            x0[chunk][mine] = pred[mine]
         x = schedule.step(x, x0, step, range(num_frames))
     return x
 
