@@ -107,15 +107,18 @@ def _configs(inputs, out):
         "stream conc-cond": _stream_cfg(inputs, out, merge="concat"),
         "enhancer": _enhancer_cfg(inputs, out, condition=False),
         "enhancer conditioned": _enhancer_cfg(inputs, out, condition=True),
+        "enhancer degraded": _enhancer_cfg(
+            inputs, out, condition=True, degrade_blur=1.0, degrade_noise=0.05
+        ),
     }
 
 
-def _enhancer_cfg(inputs, out, condition):
+def _enhancer_cfg(inputs, out, condition, **options):
     return _cfg(
         "enhancer",
         out,
         inputs={"vae": inputs["vae"], "init": inputs["base"]},
-        options={"frames": 8, "scale": 2, "condition": condition},
+        options={"frames": 8, "scale": 2, "condition": condition, **options},
     )
 
 
@@ -130,6 +133,7 @@ def _enhancer_cfg(inputs, out, condition):
         "stream conc-cond",
         "enhancer",
         "enhancer conditioned",
+        "enhancer degraded",
     ],
 )
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch(stage, inputs, tmp_path):
@@ -369,3 +373,32 @@ def test_conditioned_enhancer_trains_from_the_base_and_exports_a_loadable_enhanc
         tmp_path / "enhancer", vae=stage.vae, text_encoder=stage.text
     )
     assert enhancer.conditioned
+
+
+def test_degraded_clips_are_blurred_alike_per_clip_and_keep_their_colours():
+    from streamingt2v.training.stages import degraded
+
+    video = -torch.ones(2, 3, 4, 16, 16)  # two black clips, a white square in every frame
+    video[:, :, :, 6:10, 6:10] = 1.0
+    same = degraded(video, 0.0, 0.0, torch.Generator().manual_seed(0))
+    assert torch.allclose(same, video)  # nothing drawn to degrade by: unchanged
+    out = degraded(video, 1.5, 0.0, torch.Generator().manual_seed(0))
+    assert torch.allclose(out.mean(), video.mean(), atol=1e-5)  # a blur moves no mass
+    assert (out[:, :, :, 6:10, 5] > -1).all()  # the square's edge spreads outwards
+    assert torch.equal(out[:, :, 0], out[:, :, 3])  # every frame of a clip alike
+    assert not torch.allclose(out[0], out[1])  # each clip its own draw
+    noisy = degraded(video, 0.0, 0.1, torch.Generator().manual_seed(0))
+    assert 0 < (noisy - video).std() < 0.1
+
+
+def test_degrade_needs_a_conditioned_enhancer(inputs, tmp_path):
+    with pytest.raises(UsageError, match="degrade_blur"):
+        build_stage(
+            _cfg(
+                "enhancer",
+                tmp_path,
+                inputs={"vae": inputs["vae"], "init": inputs["base"]},
+                options={"frames": 8, "degrade_blur": 1.0},
+            ),
+            torch.device("cpu"),
+        )

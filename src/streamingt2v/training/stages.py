@@ -369,11 +369,13 @@ class BaseStage(LatentVideoStage):
         g = generator_for(self.cfg, index)
         z0 = self.encode_video(batch["video"])
         x, target, t = self.noised(z0, g)
-        x = self.model_input(x, batch["video"])
+        x = self.model_input(x, batch["video"], g)
         pred = unet_forward(self.module, x, t, self.context(batch["caption"], g))
         return self.weighted_mse(pred, target, batch["video"])
 
-    def model_input(self, x: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
+    def model_input(
+        self, x: torch.Tensor, video: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
         """What the UNet reads for the noisy latents ``x`` of (B, 3, F, H, W) ``video``."""
         return x
 
@@ -400,15 +402,36 @@ class EnhancerStage(BaseStage):
         latent = self.vae.config.latent_channels
         if self.condition and self.module.config.in_channels == latent:
             self.module = with_input_channels(self.module, 2 * latent)
+        # Not in the paper: conditioning augmentation (Ho et al. 2022, "Cascaded Diffusion
+        # Models", Sec. 4.3). A conditioned enhancer trained on clean renders brought down and
+        # back up learns to sharpen what it is given; the streaming stage's frames are
+        # blurred, with soft edges that a sharpened copy reads as the wrong shape (runs ec,
+        # e4). Each clip's low-resolution frames are blurred by a Gaussian of sigma drawn
+        # from [0, degrade_blur] low-resolution pixels and given Gaussian noise of std drawn
+        # from [0, degrade_noise] (in [-1, 1] units), so the caption must decide the shape.
+        self.degrade_blur = cfg.options.get("degrade_blur", 0.0)
+        self.degrade_noise = cfg.options.get("degrade_noise", 0.0)
+        for name in ("degrade_blur", "degrade_noise"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value < 0:
+                raise UsageError(f"options.{name} must be a number >= 0, got {value!r}")
+            if value and not self.condition:
+                raise UsageError(f"options.{name} needs options.condition")
 
-    def model_input(self, x: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
+    def model_input(
+        self, x: torch.Tensor, video: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
         if not self.condition:
             return x
+        size = video.shape[-2:]
         frames = video.permute(0, 2, 1, 3, 4).flatten(0, 1)  # (B*F, 3, H, W)
-        size = frames.shape[-2:]
-        low = resize(resize(frames, (size[0] // self.scale, size[1] // self.scale)), size)
-        low = low.unflatten(0, (len(video), -1)).permute(0, 2, 1, 3, 4)
-        return torch.cat([x, self.encode_video(low)], dim=1)
+        low = resize(frames, (size[0] // self.scale, size[1] // self.scale))
+        low = low.unflatten(0, (len(video), -1)).permute(0, 2, 1, 3, 4)  # (B, 3, F, h, w)
+        if self.degrade_blur or self.degrade_noise:  # no draws otherwise: runs replay
+            low = degraded(low, self.degrade_blur, self.degrade_noise, generator)
+        frames = resize(low.permute(0, 2, 1, 3, 4).flatten(0, 1), tuple(size))  # (B*F, 3, H, W)
+        up = frames.unflatten(0, (len(video), -1)).permute(0, 2, 1, 3, 4)  # (B, 3, F, H, W)
+        return torch.cat([x, self.encode_video(up)], dim=1)
 
     @torch.no_grad()
     def export(self, folder: Path) -> dict[str, Any]:
@@ -420,6 +443,33 @@ class EnhancerStage(BaseStage):
         enhancer = Enhancer(self.module.eval(), self.vae, self.text, self.schedule, config)
         enhancer.save_pretrained(folder)
         return {}
+
+
+def degraded(
+    video: torch.Tensor, blur: float, noise: float, generator: torch.Generator
+) -> torch.Tensor:
+    """(B, 3, F, H, W) in [-1, 1] -> the same clips, each blurred by a Gaussian of sigma drawn
+    from [0, ``blur``] pixels and given noise of std drawn from [0, ``noise``], every frame
+    of a clip alike (``EnhancerStage``'s conditioning augmentation)."""
+    b = len(video)
+    sigmas = blur * torch.rand(b, generator=generator)
+    stds = noise * torch.rand(b, generator=generator)
+    radius = max(1, int(np.ceil(3 * blur)))
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    out = []
+    for clip, sigma in zip(video, sigmas, strict=True):  # clip (3, F, H, W)
+        kernel = torch.exp(-0.5 * (offsets / sigma.clamp(min=1e-3)) ** 2)
+        kernel = (kernel / kernel.sum()).to(video)
+        frames = clip.transpose(0, 1)  # (F, 3, H, W)
+        # Separable blur; the world's backgrounds are uniform, so edges are replicated.
+        rows = kernel.view(1, 1, 1, -1).expand(3, 1, 1, -1)
+        cols = kernel.view(1, 1, -1, 1).expand(3, 1, -1, 1)
+        frames = nn.functional.pad(frames, (radius, radius, radius, radius), mode="replicate")
+        frames = nn.functional.conv2d(nn.functional.conv2d(frames, rows, groups=3), cols, groups=3)
+        out.append(frames.transpose(0, 1))  # (3, F, H, W)
+    blurred = torch.stack(out)
+    grain = torch.randn(video.shape, generator=generator).to(video)
+    return (blurred + stds.to(video).view(b, 1, 1, 1, 1) * grain).clamp(-1, 1)
 
 
 def is_temporal(name: str) -> bool:
