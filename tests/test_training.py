@@ -356,6 +356,7 @@ def test_conditioned_enhancer_trains_from_the_base_and_exports_a_loadable_enhanc
 
     from streamingt2v.enhancer import Enhancer
     from streamingt2v.models.unet import with_input_channels
+    from streamingt2v.video_io import read_video
 
     # Widening the base's conv_in with zero weights changes nothing, whatever the new
     # channels hold; training then teaches the UNet to read them.
@@ -369,6 +370,9 @@ def test_conditioned_enhancer_trains_from_the_base_and_exports_a_loadable_enhanc
     stage = build_stage(_enhancer_cfg(inputs, tmp_path, condition=True), torch.device("cpu"))
     assert stage.module.config.in_channels == 8
     stage.export(tmp_path / "enhancer")
+    # The run's sample: rendered 8x8 videos, upsampled beside enhanced, at 16x16.
+    sample = read_video(tmp_path / "samples" / "enhanced_0.gif")
+    assert sample.shape == (32, 16, 32, 3)
     enhancer = Enhancer.from_pretrained(
         tmp_path / "enhancer", vae=stage.vae, text_encoder=stage.text
     )

@@ -24,6 +24,7 @@ here, when not given).
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,8 @@ from ..world.render import (
     WorldParams,
     caption_of,
     parse_caption,
+    render,
+    sample_params,
 )
 from .trainer import TrainConfig
 
@@ -442,6 +445,7 @@ class EnhancerStage(BaseStage):
         )
         enhancer = Enhancer(self.module.eval(), self.vae, self.text, self.schedule, config)
         enhancer.save_pretrained(folder)
+        _sample_enhanced(enhancer, folder.parent / "samples", self.cfg.size // self.scale)
         return {}
 
 
@@ -597,6 +601,21 @@ SAMPLE_PROMPTS = (
     "a yellow square bouncing on a navy background",
     "a cyan triangle circling on a gray background",
 )
+
+
+def _sample_enhanced(enhancer: Enhancer, folder: Path, size: int, frames: int = 32) -> None:
+    """Rendered world videos at the streaming resolution, each written upsampled (left) beside
+    enhanced (right) with the enhancer's defaults (the training run's sample video)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, prompt in enumerate(SAMPLE_PROMPTS):
+        low = render(sample_params(np.random.default_rng(i), **parse_caption(prompt)), frames, size)
+        cfg = replace(enhancer.config.defaults, seed=i)
+        enhanced = np.stack(list(enhancer.enhance(iter(low), frames, prompt, cfg)))
+        up = ((enhancer.upscale(low) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+        writer = VideoWriter(folder / f"enhanced_{i}.gif", 8)
+        writer.write(np.concatenate([up, enhanced], axis=2))  # (F, H, 2W, 3)
+        writer.finish()
+        (folder / f"enhanced_{i}.txt").write_text(prompt + "\n")
 
 
 def _sample_videos(pipe: StreamingT2VPipeline, folder: Path, frames: int) -> None:
