@@ -36,14 +36,14 @@ from streamingt2v import StreamingT2VPipeline
 from streamingt2v.enhancer import settings
 from streamingt2v.generate import load_enhancer
 from streamingt2v.metrics.world_checks import check_video
+from streamingt2v.streaming import to_uint8_fhwc
 from streamingt2v.world.render import parse_caption, render, rng_for, sample_params
 
 
 def upsample(enhancer, video: np.ndarray) -> np.ndarray:
     """(F, h, w, 3) uint8 -> the enhancer's own starting frames (its bilinear upscaling to
     its output size) as (F, H, W, 3) uint8: the video without enhancement."""
-    x = enhancer.upscale(video)  # (F, 3, H, W) in [-1, 1]
-    return ((x + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    return to_uint8_fhwc(enhancer.upscale(video).transpose(0, 1))  # (F, 3, H, W) -> (F, H, W, 3)
 
 
 def psnr(video: np.ndarray, truth: np.ndarray) -> float:

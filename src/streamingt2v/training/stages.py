@@ -44,6 +44,7 @@ from ..models.weights import load_diffusers
 from ..pipeline import StreamingT2VPipeline
 from ..random_models import MODELSCOPE_SCHEDULER
 from ..sampling import stream_model
+from ..streaming import to_uint8_fhwc
 from ..video_io import VideoWriter
 from ..world.dataset import WorldClips, clip_batch
 from ..world.render import (
@@ -611,7 +612,7 @@ def _sample_enhanced(enhancer: Enhancer, folder: Path, size: int, frames: int = 
         low = render(sample_params(np.random.default_rng(i), **parse_caption(prompt)), frames, size)
         cfg = replace(enhancer.config.defaults, seed=i)
         enhanced = np.stack(list(enhancer.enhance(iter(low), frames, prompt, cfg)))
-        up = ((enhancer.upscale(low) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+        up = to_uint8_fhwc(enhancer.upscale(low).transpose(0, 1))  # (F, H, W, 3)
         writer = VideoWriter(folder / f"enhanced_{i}.gif", 8)
         writer.write(np.concatenate([up, enhanced], axis=2))  # (F, H, 2W, 3)
         writer.finish()
