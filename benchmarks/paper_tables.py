@@ -278,6 +278,11 @@ def main(argv: list[str] | None = None) -> None:
         ("long_colour_drift_last", "object colour's RGB distance from frame 0's, same frames"),
         ("long_colour", f"colour right over {args.long_frames} frames"),
     )
+    xt_lines = (  # none when the run made long videos only (--prompts 0)
+        [f"XT slices of prompt 0 (`{prompts[0]}`), one column per method: ![](xt_slices.png)", ""]
+        if prompts
+        else []
+    )
     lines = [
         "# Results: the method against its baselines and ablations",
         "",
@@ -296,8 +301,7 @@ def main(argv: list[str] | None = None) -> None:
         "",
         *table(summary, long_names, long_keys),
         "",
-        f"XT slices of prompt 0 (`{prompts[0]}`), one column per method: ![](xt_slices.png)",
-        "",
+        *xt_lines,
         "Every video's figures: `results.json`.",
     ]
     (args.out / "results.md").write_text("\n".join(lines) + "\n")

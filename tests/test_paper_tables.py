@@ -47,6 +47,26 @@ def test_quick_mode_writes_every_table(tiny_model_dir, tmp_path):
     assert again["videos"] == results["videos"] and again["long"] == results["long"]
 
 
+def test_long_videos_first_then_the_table_grows(tiny_model_dir, tmp_path):
+    # a run of long videos only (--prompts 0), then --resume adds 240-frame-table prompts
+    spec = importlib.util.spec_from_file_location("paper_tables", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "results"
+    args = ["--model", str(tiny_model_dir), "--no-clip", "--out", str(out), "--methods",
+            "streamingt2v", "no-apm", "--frames", "24", "--long-frames", "32", "--steps", "2",
+            "--mawe-size", "32", "--long-prompts", "1"]  # fmt: skip
+    module.main([*args, "--prompts", "0"])
+    first = json.loads((out / "results.json").read_text())
+    assert [len(first["long"][m]) for m in ("streamingt2v", "no-apm")] == [1, 1]
+    assert "0 of 0 prompts" in (out / "results.md").read_text()
+    module.main([*args, "--prompts", "1", "--resume"])
+    grown = json.loads((out / "results.json").read_text())
+    assert grown["long"] == first["long"]  # kept, not made again
+    assert [len(grown["videos"][m]) for m in ("streamingt2v", "no-apm")] == [1, 1]
+    assert "1 of 1 prompts x 24 frames" in (out / "results.md").read_text()
+
+
 def test_steps_sweep_measures_every_setting(tiny_model_dir, tmp_path, monkeypatch):
     # benchmarks/speed.py --sweep: the steps-versus-quality trade-off, on the tiny model
     monkeypatch.syspath_prepend(str(SCRIPT.parent))
