@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from streamingt2v import StreamingT2VPipeline
+from streamingt2v.generate import DEFAULT_MODEL_DIR
 from streamingt2v.random_models import random_pipeline
 from streamingt2v.streaming import METHODS
 
@@ -45,6 +47,20 @@ def test_quick_mode_writes_every_table(tiny_model_dir, tmp_path):
     module.main([*args, "--resume"])  # everything is there: nothing is made again
     again = json.loads((out / "results.json").read_text())
     assert again["videos"] == results["videos"] and again["long"] == results["long"]
+
+
+ABLATION = SCRIPT.parents[1] / "models" / "ablation"
+
+
+@pytest.mark.parametrize(
+    ("folder", "merge"), [("cam", "attention"), ("add_cond", "add"), ("conc_cond", "concat")]
+)
+def test_committed_ablation_models_condition_as_named(folder, merge):
+    # the paper tables' trained baselines (models/ablation/MODEL_CARD.md) on the default's base
+    pipe = StreamingT2VPipeline.from_pretrained(ABLATION / folder)
+    assert pipe.cam.config.merge == merge
+    weights = Path("unet") / "diffusion_pytorch_model.safetensors"  # the frozen base: the default's
+    assert (ABLATION / folder / weights).read_bytes() == (DEFAULT_MODEL_DIR / weights).read_bytes()
 
 
 def test_long_videos_first_then_the_table_grows(tiny_model_dir, tmp_path):
