@@ -17,10 +17,16 @@ from streamingt2v.streaming import METHODS
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "paper_tables.py"
 
 
-def test_quick_mode_writes_every_table(tiny_model_dir, tmp_path):
+def paper_tables():
+    """benchmarks/paper_tables.py as a module (benchmarks/ is no package)."""
     spec = importlib.util.spec_from_file_location("paper_tables", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_mode_writes_every_table(tiny_model_dir, tmp_path):
+    module = paper_tables()
     add_cond = tmp_path / "add_cond"
     random_pipeline("tiny", seed=3, cam_merge="add").save_pretrained(add_cond)
     out = tmp_path / "results"
@@ -65,9 +71,7 @@ def test_committed_ablation_models_condition_as_named(folder, merge):
 
 def test_long_videos_first_then_the_table_grows(tiny_model_dir, tmp_path):
     # a run of long videos only (--prompts 0), then --resume adds 240-frame-table prompts
-    spec = importlib.util.spec_from_file_location("paper_tables", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = paper_tables()
     out = tmp_path / "results"
     args = ["--model", str(tiny_model_dir), "--no-clip", "--out", str(out), "--methods",
             "streamingt2v", "no-apm", "--frames", "24", "--long-frames", "32", "--steps", "2",
