@@ -89,10 +89,13 @@ def mean_of(rows: list[dict], key: str) -> float | None:
     return statistics.mean(values) if values else None
 
 
+PERCENT = ("colour", "background", "shape", "direction", "long_colour")
+
+
 def fmt(value: float | None, key: str) -> str:
     if value is None:
         return "-"
-    if key in ("colour", "background", "shape", "direction", "long_colour"):
+    if key in PERCENT:
         return f"{value:.1%}"
     return f"{value:.2f}"
 
@@ -103,6 +106,54 @@ def table(summary: dict, methods: list[str], keys: tuple[tuple[str, str], ...]) 
     for m in methods:
         cells = [fmt(summary[m].get(k), k) for k, _ in keys]
         lines.append(f"| `{m}` | " + " | ".join(cells) + " |")
+    return lines
+
+
+PAIRED = ("mawe", "scuts", "clip", "colour", "background", "shape", "direction")
+
+
+def paired_differences(
+    rows: dict[str, list[dict]], base: str, key: str, resamples: int = 10_000, seed: int = 0
+) -> dict[str, tuple[float, float, float, int]]:
+    """Each method's mean difference from ``base`` on ``key`` over the prompts both measured
+    (paired by seed), with a 95% percentile-bootstrap interval over prompts: name ->
+    (mean, low, high, prompts). The same resampling for every method and metric."""
+    by_seed = {r["seed"]: r.get(key) for r in rows[base]}
+    out = {}
+    for method, method_rows in rows.items():
+        pairs = [
+            (r.get(key), by_seed[r["seed"]])
+            for r in method_rows
+            if r["seed"] in by_seed
+            and all(v is not None and np.isfinite(v) for v in (r.get(key), by_seed[r["seed"]]))
+        ]
+        if method == base or not pairs:
+            continue
+        diffs = np.array([a - b for a, b in pairs], dtype=np.float64)
+        picks = np.random.default_rng(seed).integers(0, len(diffs), (resamples, len(diffs)))
+        low, high = np.percentile(diffs[picks].mean(axis=1), [2.5, 97.5])
+        out[method] = (float(diffs.mean()), float(low), float(high), len(diffs))
+    return out
+
+
+def paired_table(rows: dict[str, list[dict]], base: str) -> list[str]:
+    """Method minus ``base`` per metric, with its 95% interval; bold where it excludes 0."""
+    diffs = {key: paired_differences(rows, base, key) for key in PAIRED}
+    labels = dict(COLUMNS)
+    lines = ["| method | " + " | ".join(labels[k] for k in PAIRED) + " |"]
+    lines.append("|---" * (len(PAIRED) + 1) + "|")
+    for method in [m for m in rows if m != base]:
+        cells = []
+        for key in PAIRED:
+            if method not in diffs[key]:
+                cells.append("-")
+                continue
+            mean, low, high, _ = diffs[key][method]
+            scale, unit, digits = (100, " pt", 1) if key in PERCENT else (1, "", 2)
+            low_s, high_s = f"{low * scale:+.{digits}f}", f"{high * scale:+.{digits}f}"
+            cell = f"{mean * scale:+.{digits}f}{unit} [{low_s}, {high_s}]"
+            cells.append(f"**{cell}**" if low > 0 or high < 0 else cell)
+        lines.append(f"| `{method}` | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -204,7 +255,13 @@ def main(argv: list[str] | None = None) -> None:
         help="keep the videos already measured in OUT/results.json (same settings) and make "
         "only the missing ones",
     )
+    parser.add_argument(
+        "--tables-only",
+        action="store_true",
+        help="make no video: write the tables from OUT/results.json (implies --resume)",
+    )
     args = parser.parse_args(argv)
+    args.resume = args.resume or args.tables_only
     if args.quick:
         args.prompts, args.frames, args.steps = 2, 40, 4
         args.long_prompts, args.long_frames, args.mawe_size = 1, 56, 64
@@ -222,15 +279,18 @@ def main(argv: list[str] | None = None) -> None:
         store = Store(args.out, args, names, resume=args.resume)
     except UsageError as err:
         parser.error(str(err))
+    if args.tables_only and not store.path.exists():
+        parser.error(f"--tables-only: {store.path} does not exist")
     args.out.mkdir(parents=True, exist_ok=True)
-    pipe = StreamingT2VPipeline.from_pretrained(args.model)
-    # (name in the tables, pipeline, method): the methods on the model, then trained baselines
-    runs = [(method, pipe, method) for method in args.methods]
-    runs += [(n, StreamingT2VPipeline.from_pretrained(f), "streamingt2v") for n, f in trained]
-    clip = None if args.no_clip else ClipPair.from_pipeline(args.clip or args.model)
     settings = {k: v for k, v in (("steps", args.steps), ("scheduler", args.scheduler)) if v}
     prompts = eval_prompts(args.prompts, args.seed)
     long_prompts = eval_prompts(args.long_prompts, args.seed + 1)
+    runs, clip = [], None  # (name in the tables, pipeline, method); none with --tables-only
+    if not args.tables_only:
+        pipe = StreamingT2VPipeline.from_pretrained(args.model)
+        runs = [(method, pipe, method) for method in args.methods]  # then the trained baselines
+        runs += [(n, StreamingT2VPipeline.from_pretrained(f), "streamingt2v") for n, f in trained]
+        clip = None if args.no_clip else ClipPair.from_pipeline(args.clip or args.model)
     # prompt by prompt, every method on each: a stopped run leaves balanced tables behind
     for table_name, prompt_list, frames, first_seed, wanted in (
         ("videos", prompts, args.frames, 0, names),
@@ -278,6 +338,20 @@ def main(argv: list[str] | None = None) -> None:
         ("long_colour_drift_last", "object colour's RGB distance from frame 0's, same frames"),
         ("long_colour", f"colour right over {args.long_frames} frames"),
     )
+    paired_lines = (  # each method against the method itself, prompt by prompt
+        [
+            "## Differences from `streamingt2v`, paired by prompt",
+            "",
+            f"Each method's mean of (its figure - `streamingt2v`'s) over the {measured} prompts, "
+            "with a 95% percentile-bootstrap interval over prompts (10000 resamples, seed 0; "
+            "percentages in points); **bold** where the interval excludes 0.",
+            "",
+            *paired_table(rows, "streamingt2v"),
+            "",
+        ]
+        if "streamingt2v" in names and measured >= 2
+        else []
+    )
     xt_lines = (  # none when the run made long videos only (--prompts 0)
         [f"XT slices of prompt 0 (`{prompts[0]}`), one column per method: ![](xt_slices.png)", ""]
         if prompts
@@ -297,6 +371,7 @@ def main(argv: list[str] | None = None) -> None:
         "",
         *table(summary, names, COLUMNS),
         "",
+        *paired_lines,
         "## Long videos: appearance over time (APM ablation)",
         "",
         *table(summary, long_names, long_keys),

@@ -85,6 +85,31 @@ def test_long_videos_first_then_the_table_grows(tiny_model_dir, tmp_path):
     assert grown["long"] == first["long"]  # kept, not made again
     assert [len(grown["videos"][m]) for m in ("streamingt2v", "no-apm")] == [1, 1]
     assert "1 of 1 prompts x 24 frames" in (out / "results.md").read_text()
+    module.main([*args, "--prompts", "3", "--tables-only"])  # no model loads, no video is made
+    tables = json.loads((out / "results.json").read_text())
+    assert tables["videos"] == grown["videos"] and tables["long"] == grown["long"]
+    assert "1 of 3 prompts x 24 frames" in (out / "results.md").read_text()
+    with pytest.raises(SystemExit) as stop:
+        module.main([*args, "--out", str(tmp_path / "none"), "--tables-only"])
+    assert stop.value.code == 2 and not (tmp_path / "none").exists()
+
+
+def test_paired_differences_pair_by_prompt():
+    module = paper_tables()
+    rows = {
+        "streamingt2v": [{"seed": s, "mawe": float(s)} for s in range(6)],
+        "always_one_more": [{"seed": s, "mawe": s + 1.0} for s in range(6)],
+        "either_way": [{"seed": s, "mawe": s + (-1.0) ** s} for s in range(6)],
+        "partly": [{"seed": 0, "mawe": 5.0}, {"seed": 1, "mawe": None}, {"seed": 9, "mawe": 0.0}],
+    }
+    diffs = module.paired_differences(rows, "streamingt2v", "mawe")
+    assert diffs["always_one_more"] == (1.0, 1.0, 1.0, 6)
+    mean, low, high, count = diffs["either_way"]
+    assert mean == 0.0 and low < 0 < high and count == 6
+    assert diffs["partly"] == (5.0, 5.0, 5.0, 1)  # only seed 0 has both figures
+    assert "streamingt2v" not in diffs
+    lines = module.paired_table({m: rows[m] for m in list(rows)[:3]}, "streamingt2v")
+    assert "**+1.00 [+1.00, +1.00]**" in lines[2] and "**" not in lines[3].split("|")[2]
 
 
 def test_steps_sweep_measures_every_setting(tiny_model_dir, tmp_path, monkeypatch):
