@@ -84,8 +84,12 @@ def measure(video: np.ndarray, prompt: str, clip: ClipPair | None, mawe_size: in
     }
 
 
+def finite(value: float | None) -> bool:
+    return value is not None and bool(np.isfinite(value))
+
+
 def mean_of(rows: list[dict], key: str) -> float | None:
-    values = [r[key] for r in rows if r.get(key) is not None and np.isfinite(r[key])]
+    values = [r[key] for r in rows if finite(r.get(key))]
     return statistics.mean(values) if values else None
 
 
@@ -110,10 +114,11 @@ def table(summary: dict, methods: list[str], keys: tuple[tuple[str, str], ...]) 
 
 
 PAIRED = ("mawe", "scuts", "clip", "colour", "background", "shape", "direction")
+RESAMPLES = 10_000
 
 
 def paired_differences(
-    rows: dict[str, list[dict]], base: str, key: str, resamples: int = 10_000, seed: int = 0
+    rows: dict[str, list[dict]], base: str, key: str, resamples: int = RESAMPLES, seed: int = 0
 ) -> dict[str, tuple[float, float, float, int]]:
     """Each method's mean difference from ``base`` on ``key`` over the prompts both measured
     (paired by seed), with a 95% percentile-bootstrap interval over prompts: name ->
@@ -121,15 +126,12 @@ def paired_differences(
     by_seed = {r["seed"]: r.get(key) for r in rows[base]}
     out = {}
     for method, method_rows in rows.items():
-        pairs = [
-            (r.get(key), by_seed[r["seed"]])
-            for r in method_rows
-            if r["seed"] in by_seed
-            and all(v is not None and np.isfinite(v) for v in (r.get(key), by_seed[r["seed"]]))
-        ]
-        if method == base or not pairs:
+        if method == base:
             continue
-        diffs = np.array([a - b for a, b in pairs], dtype=np.float64)
+        pairs = [(r.get(key), by_seed.get(r["seed"])) for r in method_rows]
+        diffs = np.array([a - b for a, b in pairs if finite(a) and finite(b)], dtype=np.float64)
+        if not len(diffs):
+            continue
         picks = np.random.default_rng(seed).integers(0, len(diffs), (resamples, len(diffs)))
         low, high = np.percentile(diffs[picks].mean(axis=1), [2.5, 97.5])
         out[method] = (float(diffs.mean()), float(low), float(high), len(diffs))
@@ -343,8 +345,8 @@ def main(argv: list[str] | None = None) -> None:
             "## Differences from `streamingt2v`, paired by prompt",
             "",
             f"Each method's mean of (its figure - `streamingt2v`'s) over the {measured} prompts, "
-            "with a 95% percentile-bootstrap interval over prompts (10000 resamples, seed 0; "
-            "percentages in points); **bold** where the interval excludes 0.",
+            f"with a 95% percentile-bootstrap interval over prompts ({RESAMPLES} resamples, "
+            "seed 0; percentages in points); **bold** where the interval excludes 0.",
             "",
             *paired_table(rows, "streamingt2v"),
             "",
