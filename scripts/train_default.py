@@ -13,7 +13,8 @@ learning-rate schedule; the config actually used is in ``RUNS/NAME/checkpoint/st
 ``--write-text-table FILE`` where the encoder's package is installed) instead of MiniLM
 itself. ``--pack FILE`` writes a tar of the last stage's pipeline in fp16 safetensors with
 every stage's loss log, summary, config and samples: the form in which a run on a remote
-GPU machine comes back.
+GPU machine comes back; ``--pack-also NAME...`` adds those stages' ``final/`` (an enhancer
+and its decoder, say).
 """
 
 from __future__ import annotations
@@ -59,8 +60,9 @@ def seconds_per_step(cfg: TrainConfig, probe: int) -> float:
     return (times[-1] - times[half - 1]) / (len(times) - half)
 
 
-def pack(runs: Path, names: list[str], out: Path) -> None:
-    """A tar of the last stage's pipeline (fp16 safetensors) and every stage's records."""
+def pack(runs: Path, names: list[str], out: Path, also: list[str] = ()) -> None:
+    """A tar of the last stage's pipeline (fp16 safetensors) as ``pipeline/``, the ``final/``
+    of each stage named in ``also`` as ``NAME/final/``, and every stage's records."""
     with tarfile.open(out, "w") as tar:
         for name in names:
             run = runs / name
@@ -69,16 +71,22 @@ def pack(runs: Path, names: list[str], out: Path) -> None:
                     tar.add(run / record, f"{name}/{record}")
             for sample in sorted((run / "samples").glob("*")) + sorted(run.glob("final/*.png")):
                 tar.add(sample, f"{name}/{sample.relative_to(run)}")
-        final = runs / names[-1] / "final"
-        for path in sorted(final.rglob("*")):
-            arcname = f"pipeline/{path.relative_to(final)}"
-            if path.suffix == ".safetensors":
-                data = fp16_safetensors(path)
-                info = tarfile.TarInfo(arcname)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-            elif path.is_file():
-                tar.add(path, arcname)
+        _add_fp16(tar, runs / names[-1] / "final", "pipeline")
+        for name in also:
+            _add_fp16(tar, runs / name / "final", f"{name}/final")
+
+
+def _add_fp16(tar: tarfile.TarFile, folder: Path, prefix: str) -> None:
+    """``folder``'s files under ``prefix``, its safetensors in fp16."""
+    for path in sorted(folder.rglob("*")):
+        arcname = f"{prefix}/{path.relative_to(folder)}"
+        if path.suffix == ".safetensors":
+            data = fp16_safetensors(path)
+            info = tarfile.TarInfo(arcname)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        elif path.is_file():
+            tar.add(path, arcname)
 
 
 def fp16_safetensors(path: Path) -> bytes:
@@ -101,8 +109,15 @@ def main() -> None:
     parser.add_argument("--text-table", type=Path)
     parser.add_argument("--write-text-table", type=Path)
     parser.add_argument("--pack", type=Path)
+    parser.add_argument(
+        "--pack-also", nargs="*", default=[], help="stages whose final/ also goes in the pack"
+    )
     args = parser.parse_args()
 
+    unknown = [n for n in args.pack_also if n not in args.stages]
+    unknown = [n for n in unknown if not (args.runs / n / "final").is_dir()]
+    if unknown:
+        parser.error(f"--pack-also: no stage and no {args.runs}/NAME/final for {unknown}")
     if args.write_text_table:
         write_text_table(args.write_text_table)
     budgets = {k: float(v) for k, v in (item.split("=", 1) for item in args.seconds)}
@@ -127,7 +142,7 @@ def main() -> None:
         summary = train(cfg, progress=False)
         print(f"{name}: {json.dumps(summary)} ({time.perf_counter() - started:.0f} s)", flush=True)
     if args.pack:
-        pack(args.runs, args.stages, args.pack)
+        pack(args.runs, args.stages, args.pack, args.pack_also)
         print(f"packed {args.pack} ({args.pack.stat().st_size / 2**20:.1f} MiB)")
 
 
