@@ -26,6 +26,7 @@ import json
 import shutil
 import tarfile
 import time
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def seconds_per_step(cfg: TrainConfig, probe: int) -> float:
     return (times[-1] - times[half - 1]) / (len(times) - half)
 
 
-def pack(runs: Path, names: list[str], out: Path, also: list[str] = ()) -> None:
+def pack(runs: Path, names: list[str], out: Path, also: Iterable[str] = ()) -> None:
     """A tar of the last stage's pipeline (fp16 safetensors) as ``pipeline/``, the ``final/``
     of each stage named in ``also`` as ``NAME/final/``, and every stage's records."""
     with tarfile.open(out, "w") as tar:
@@ -114,6 +115,8 @@ def main() -> None:
     )
     args = parser.parse_args()
 
+    if args.pack_also and not args.pack:
+        parser.error("--pack-also needs --pack")
     unknown = [n for n in args.pack_also if n not in args.stages]
     unknown = [n for n in unknown if not (args.runs / n / "final").is_dir()]
     if unknown:
