@@ -93,6 +93,19 @@ def mean_of(rows: list[dict], key: str) -> float | None:
     return statistics.mean(values) if values else None
 
 
+def spread(rows: list[dict]) -> dict:
+    """What a mean hides: the median MAWE (a few videos with huge warp errors move the mean)
+    and how many videos have any cut at all (SCuts counts several per video)."""
+    mawe = [r["mawe"] for r in rows if finite(r.get("mawe"))]
+    return {
+        "mawe_median": statistics.median(mawe) if mawe else None,
+        "videos_with_cut": sum(1 for r in rows if (r.get("scuts") or 0) > 0),
+    }
+
+
+SPREAD = (("mawe_median", "MAWE median"), ("videos_with_cut", "videos with a cut"))
+
+
 PERCENT = ("colour", "background", "shape", "direction", "long_colour")
 
 
@@ -101,6 +114,8 @@ def fmt(value: float | None, key: str) -> str:
         return "-"
     if key in PERCENT:
         return f"{value:.1%}"
+    if isinstance(value, int):
+        return str(value)
     return f"{value:.2f}"
 
 
@@ -314,6 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     rows, long_rows = store.balanced("videos", names), store.balanced("long", long_names)
     summary = {
         m: {k: mean_of(rows[m], k) for k, _ in COLUMNS}
+        | spread(rows[m])
         | {
             "seconds_per_video": mean_of(rows[m], "seconds"),
             "long_anchor_drift_last": mean_of(long_rows[m], "anchor_drift_last"),
@@ -372,6 +388,10 @@ def main(argv: list[str] | None = None) -> None:
         "## Table 1 analogue",
         "",
         *table(summary, names, COLUMNS),
+        "",
+        f"The same videos' spread over the {measured} prompts:",
+        "",
+        *table(summary, names, SPREAD),
         "",
         *paired_lines,
         "## Long videos: appearance over time (APM ablation)",

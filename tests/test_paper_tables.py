@@ -42,6 +42,7 @@ def test_quick_mode_writes_every_table(tiny_model_dir, tmp_path):
     assert "Table 1 analogue" in text and "`freenoise`" in text and "`add-cond`" in text
     assert (out / "xt_slices.png").stat().st_size > 0
     assert "2 of 2 prompts x 40 frames made by every method" in text
+    assert "| method | MAWE median | videos with a cut |" in text
 
     args = ["--model", str(tiny_model_dir), "--quick", "--no-clip", "--out", str(out),
             "--trained", f"add-cond={add_cond}"]  # fmt: skip
@@ -110,6 +111,15 @@ def test_paired_differences_pair_by_prompt():
     assert "streamingt2v" not in diffs
     lines = module.paired_table({m: rows[m] for m in list(rows)[:3]}, "streamingt2v")
     assert "**+1.00 [+1.00, +1.00]**" in lines[2] and "**" not in lines[3].split("|")[2]
+
+
+def test_spread_is_the_median_and_the_videos_with_a_cut():
+    module = paper_tables()
+    rows = [{"mawe": m, "scuts": c} for m, c in ((0.5, 0), (9.0, 4), (1.0, 1), (None, 0))]
+    assert module.spread(rows) == {"mawe_median": 1.0, "videos_with_cut": 2}
+    assert module.spread([]) == {"mawe_median": None, "videos_with_cut": 0}
+    lines = module.table({"a": module.spread(rows)}, ["a"], module.SPREAD)
+    assert lines[2] == "| `a` | 1.00 | 2 |"
 
 
 def test_steps_sweep_measures_every_setting(tiny_model_dir, tmp_path, monkeypatch):
