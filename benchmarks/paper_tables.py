@@ -128,6 +128,32 @@ def table(summary: dict, methods: list[str], keys: tuple[tuple[str, str], ...]) 
     return lines
 
 
+def per_prompt_table(
+    rows: dict[str, list[dict]], methods: list[str], keys: tuple[tuple[str, str], ...]
+) -> list[str]:
+    """One line per prompt (by seed) with every method's figure side by side, ``a / b``: what
+    a mean over a few long videos hides."""
+    by_seed = {m: {r["seed"]: r for r in rows[m]} for m in methods}
+    names = " / ".join(methods)
+    lines = ["| seed | prompt | " + " | ".join(f"{label}, {names}" for _, label in keys) + " |"]
+    lines.append("|---" * (len(keys) + 2) + "|")
+    for seed in sorted(set.intersection(*(set(s) for s in by_seed.values()))):
+        cells = [
+            " / ".join(fmt(by_seed[m][seed].get(key), key) for m in methods) for key, _ in keys
+        ]
+        lines.append(
+            f"| {seed} | {by_seed[methods[0]][seed]['prompt']} | " + " | ".join(cells) + " |"
+        )
+    return lines
+
+
+PER_PROMPT_LONG = (
+    ("anchor_drift_last", "anchor distance"),
+    ("colour_drift_last", "colour distance"),
+    ("colour", "colour right"),
+)
+
+
 PAIRED = ("mawe", "scuts", "clip", "colour", "background", "shape", "direction")
 RESAMPLES = 10_000
 
@@ -397,6 +423,10 @@ def main(argv: list[str] | None = None) -> None:
         "## Long videos: appearance over time (APM ablation)",
         "",
         *table(summary, long_names, long_keys),
+        "",
+        "The same long videos prompt by prompt (same columns, methods in the order named):",
+        "",
+        *per_prompt_table(long_rows, long_names, PER_PROMPT_LONG),
         "",
         *xt_lines,
         "Every video's figures: `results.json`.",

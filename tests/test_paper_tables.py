@@ -80,7 +80,10 @@ def test_long_videos_first_then_the_table_grows(tiny_model_dir, tmp_path):
     module.main([*args, "--prompts", "0"])
     first = json.loads((out / "results.json").read_text())
     assert [len(first["long"][m]) for m in ("streamingt2v", "no-apm")] == [1, 1]
-    assert "0 of 0 prompts" in (out / "results.md").read_text()
+    text = (out / "results.md").read_text()
+    assert "0 of 0 prompts" in text
+    assert "| seed | prompt | anchor distance, streamingt2v / no-apm |" in text
+    assert f"| 1000 | {first['long']['no-apm'][0]['prompt']} |" in text
     module.main([*args, "--prompts", "1", "--resume"])
     grown = json.loads((out / "results.json").read_text())
     assert grown["long"] == first["long"]  # kept, not made again
@@ -120,6 +123,20 @@ def test_spread_is_the_median_and_the_videos_with_a_cut():
     assert module.spread([]) == {"mawe_median": None, "videos_with_cut": 0}
     lines = module.table({"a": module.spread(rows)}, ["a"], module.SPREAD)
     assert lines[2] == "| `a` | 1.00 | 2 |"
+
+
+def test_per_prompt_table_lines_up_methods_by_seed():
+    module = paper_tables()
+    rows = {
+        "a": [{"seed": 7, "prompt": "p7", "colour": 1.0, "anchor_drift_last": 0.5},
+              {"seed": 3, "prompt": "p3", "colour": 0.25, "anchor_drift_last": 0.125}],
+        "b": [{"seed": 3, "prompt": "p3", "colour": 0.5, "anchor_drift_last": None},
+              {"seed": 9, "prompt": "p9", "colour": 0.0, "anchor_drift_last": 0.0}],
+    }  # fmt: skip
+    keys = (("anchor_drift_last", "anchor"), ("colour", "colour right"))
+    lines = module.per_prompt_table(rows, ["a", "b"], keys)
+    assert lines[0] == "| seed | prompt | anchor, a / b | colour right, a / b |"
+    assert lines[2:] == ["| 3 | p3 | 0.12 / - | 25.0% / 50.0% |"]  # only seed 3 has both
 
 
 def test_steps_sweep_measures_every_setting(tiny_model_dir, tmp_path, monkeypatch):
