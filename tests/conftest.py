@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from streamingt2v import plan
 from streamingt2v.random_models import random_pipeline, write_modelscope_folder
 
 torch.set_num_threads(2)
@@ -28,3 +29,11 @@ def tiny_model_dir(tmp_path_factory, tiny_pipe):
 def modelscope_dir(tmp_path_factory):
     """A tiny random base model in ModelScope's diffusers layout."""
     return write_modelscope_folder(tmp_path_factory.mktemp("modelscope"), "tiny", seed=3)
+
+
+@pytest.fixture
+def plans_time_once(monkeypatch):
+    """--plan times each evaluation once after its warm-up (not the median of 3): for the
+    tests of what a plan counts, not of how well it times."""
+    timed = plan._timed
+    monkeypatch.setattr(plan, "_timed", lambda run, device: timed(run, device, repeats=1))

@@ -39,8 +39,12 @@ def enhanced_model_dir(tmp_path_factory, tiny_model_dir, enhancer):
     """The tiny pipeline folder with an enhancer/ beside its models."""
     path = tmp_path_factory.mktemp("enhanced") / "model"
     shutil.copytree(tiny_model_dir, path)
-    # cheap defaults for the generate tests (4 sampler steps, 2 of them run at strength 0.6)
-    enhancer.config.defaults = EnhanceConfig(steps=4)
+    # cheap defaults for the generate tests: 4 sampler steps for the streaming stage, and
+    # for the enhancer (2 of them run at strength 0.6) without guidance (one UNet branch)
+    config = json.loads((path / "pipeline_config.json").read_text())
+    config["sample"]["steps"] = 4
+    (path / "pipeline_config.json").write_text(json.dumps(config))
+    enhancer.config.defaults = EnhanceConfig(steps=4, guidance=1.0)
     enhancer.save_pretrained(path / "enhancer")
     return path
 
@@ -139,7 +143,7 @@ def test_enhance_command_writes_the_video_and_its_manifest(enhanced_model_dir, t
         vae=_pipe_part(enhanced_model_dir, "vae"),
         text_encoder=_pipe_part(enhanced_model_dir, "text_encoder"),
     )
-    expected = _enhance(enh, read_video(src), seed=2)
+    expected = _enhance(enh, read_video(src), seed=2, guidance=enh.config.defaults.guidance)
     assert np.array_equal(read_video(out), expected)
 
 
@@ -276,7 +280,9 @@ def test_a_diffusers_video_model_enhances_at_its_trained_size(modelscope_dir, tm
         10, 26, 42, 3)  # fmt: skip
 
 
-def test_plan_counts_the_evaluations_a_run_makes(enhanced_model_dir, tmp_path, capsys, monkeypatch):
+def test_plan_counts_the_evaluations_a_run_makes(
+    enhanced_model_dir, tmp_path, capsys, monkeypatch, plans_time_once
+):
     """--plan measures one evaluation of each kind; its counts must be the run's own."""
     from streamingt2v.generate import GenerateConfig, generate, plan_run
     from streamingt2v.models import unet
@@ -327,15 +333,16 @@ def test_offload_moves_one_unet_group_at_a_time_and_changes_nothing(
     monkeypatch.setattr(
         pipeline, "Offloader", lambda device: made.append(Offloader(device)) or made[-1]
     )
-    monkeypatch.setattr(enhancer, "READ_AHEAD", 48)  # blocks of 48 frames: two in 80
+    monkeypatch.setattr(enhancer, "READ_AHEAD", 24)  # blocks of 24 frames: two in 40
     common = dict(steps=3, progress=False, model=enhanced_model_dir)
-    generate(GenerateConfig("a red circle", 80, tmp_path / "a", offload=True, **common))
-    generate(GenerateConfig("a red circle", 80, tmp_path / "b", **common))
+    generate(GenerateConfig("a red circle", 40, tmp_path / "a", offload=True, **common))
+    generate(GenerateConfig("a red circle", 40, tmp_path / "b", **common))
     assert np.array_equal(read_video(tmp_path / "a"), read_video(tmp_path / "b"))
     history = made[0].history
     assert history == ["base", "streaming", "enhancer", "streaming", "enhancer"]
     folder = pipeline.StreamingT2VPipeline.from_pretrained(enhanced_model_dir)
     stream, enhance = folder.config.stream, EnhanceConfig(steps=4)
+    assert plan.offload_moves(40, stream, enhance, read_ahead=24) == len(history)
     assert plan.offload_moves(80, stream, enhance, read_ahead=48) == len(history)
     # frame by frame, the groups would take turns before each of the 5 enhancer chunks
     assert plan.offload_moves(80, stream, enhance, read_ahead=1) == 1 + 2 * 5
@@ -379,7 +386,9 @@ def test_enhancer_benchmarks_run_on_a_tiny_model(enhanced_model_dir, tmp_path, m
     assert (out / "xt_modes.png").is_file()
 
 
-def test_full_size_benchmark_runs_every_phase_at_the_tiny_scale(tmp_path, monkeypatch):
+def test_full_size_benchmark_runs_every_phase_at_the_tiny_scale(
+    tmp_path, monkeypatch, plans_time_once
+):
     # benchmarks/full_size.py (the GPU figures of docs/performance.md), on the CPU
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
     full_size = importlib.import_module("full_size")
