@@ -16,8 +16,10 @@ The videos are made prompt by prompt, every method on each, so a stopped run lea
 comparable figures behind; ``--resume`` keeps the videos that ``OUT/results.json`` already
 holds (made with the same settings) and makes only the missing ones, so the tables can grow
 across runs (``--prompts`` may rise). The tables use only the prompts that every method has
-made. ``--quick`` is a smoke run of a few minutes at most (2 prompts, 40 frames, 4 steps)
-that the test suite runs.
+made. The long videos (``--long-prompts`` x ``--long-frames``) are the APM ablation: by
+default only ``streamingt2v`` and ``no-apm`` make them. ``--quick`` is a smoke run of a few
+minutes at most (2 prompts, 40 frames, 4 steps; 1 long prompt, 56 frames) that the test
+suite runs.
 """
 
 from __future__ import annotations
@@ -266,6 +268,9 @@ class Store:
         return {m: np.asarray(Image.open(p).convert("RGB")) for m, p in paths.items() if p.exists()}
 
 
+LONG_METHODS = ("streamingt2v", "no-apm")  # the long videos are the APM ablation
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True)
@@ -282,7 +287,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--long-prompts", type=int, default=5)
     parser.add_argument("--long-frames", type=int, default=600)
     parser.add_argument(
-        "--long-methods", nargs="+", default=None, help="names run on the long prompts (all)"
+        "--long-methods",
+        nargs="+",
+        default=None,
+        help="names run on the long prompts (default: the APM ablation's streamingt2v and "
+        "no-apm, those of them that run; all if neither does)",
     )
     parser.add_argument("--steps", type=int, default=None, help="default: the model's")
     parser.add_argument("--scheduler", default=None, help="ddim or dpm (default: the model's)")
@@ -315,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--trained takes NAME=DIR, got {spec!r}")
         trained.append((name, Path(folder)))
     names = [*args.methods, *(name for name, _ in trained)]
-    long_names = names if args.long_methods is None else args.long_methods
+    long_names = args.long_methods or [n for n in LONG_METHODS if n in names] or names
     if unknown := sorted(set(long_names) - set(names)):
         parser.error(f"--long-methods names no run: {unknown}")
     try:

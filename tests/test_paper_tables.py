@@ -38,6 +38,8 @@ def test_quick_mode_writes_every_table(tiny_model_dir, tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert set(results["summary"]) == {*METHODS, "add-cond"}
     assert all(len(rows) == 2 for rows in results["videos"].values())
+    assert {m: len(rows) for m, rows in results["long"].items() if rows} == {
+        "streamingt2v": 1, "no-apm": 1}  # fmt: skip
     text = (out / "results.md").read_text()
     assert "Table 1 analogue" in text and "`freenoise`" in text and "`add-cond`" in text
     assert (out / "xt_slices.png").stat().st_size > 0
