@@ -14,7 +14,8 @@ stream         CAM + APM on the frozen base's temporal layers (official recipe: 
                VAE, text and image encoders and the temporal layers stay frozen). The
                conditioning frames are the clip's first 8 frames, i.e. the 8 frames that
                precede the chunk's new frames, passed through the VAE as at inference; the
-               anchor is frame 0 of the same long video.
+               anchor is frame 0 of the same long video. The export samples videos of
+               ``options.sample_frames`` frames (80).
 
 Each stage's ``loss(index, batch)`` draws its noise from (seed, index) alone; the batch is
 ``clip_batch(stage.data, index, batch_size)``, rendered ahead by the trainer's workers (or
@@ -511,6 +512,9 @@ class StreamStage(LatentVideoStage):
         self.module = nn.ModuleDict({"unet": unet, "cam": cam, "apm": apm})
         self.stream = StreamConfig(text_tokens=TEXT_TOKENS)
         self.drop_image = cfg.options.get("drop_image", 0.1)
+        self.sample_frames = cfg.options.get("sample_frames", 80)  # the export's sample videos
+        if not isinstance(self.sample_frames, int) or self.sample_frames < 1:
+            raise UsageError(f"options.sample_frames must be >= 1, got {self.sample_frames!r}")
         with torch.no_grad():
             self.zeros_embed = self.images.unconditional(1)  # (1, E)
 
@@ -569,7 +573,7 @@ class StreamStage(LatentVideoStage):
             self.base, stream_unet=m["unet"], cam=m["cam"], apm=m["apm"], image_encoder=self.images
         )
         pipe.save_pretrained(folder)
-        _sample_videos(pipe, folder.parent / "samples", frames=80)
+        _sample_videos(pipe, folder.parent / "samples", frames=self.sample_frames)
         return {}
 
 
