@@ -27,7 +27,7 @@ import numpy as np
 from enhancer_eval import upsample
 from PIL import Image, ImageDraw
 
-from streamingt2v.blending import MODES
+from streamingt2v.config import MODES
 from streamingt2v.enhancer import settings
 from streamingt2v.generate import load_enhancer
 from streamingt2v.metrics.smoothness import boundary_flow_std

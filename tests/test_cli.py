@@ -215,6 +215,10 @@ def test_help_is_accurate():
         check=True,
     ).stdout
     assert "generate" in top
+    # --help answers at once: the command line loads torch and diffusers only to run a model
+    code = "import sys, streamingt2v.cli; print(sorted({'torch', 'diffusers'} & set(sys.modules)))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert loaded.stdout.strip() == "[]", loaded
 
 
 def test_missing_embedded_default_is_explained(tmp_path, capsys, monkeypatch):

@@ -20,8 +20,6 @@ import hashlib
 import numpy as np
 import torch
 
-MODES = ("independent", "shared-noise", "randomized")
-
 
 def chunk_starts(num_frames: int, chunk: int, overlap: int) -> list[int]:
     """First frame of every chunk; chunk k covers [start_k, min(start_k + chunk, N))."""

@@ -11,9 +11,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .blending import MODES
-from .config import SCHEDULERS, UsageError
-from .streaming import METHODS
+from .config import METHODS, MODES, SCHEDULERS, UsageError
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130

@@ -19,6 +19,18 @@ VIDEO_LAYOUT = "BCFHW"
 
 SCHEDULERS = ("ddim", "dpm")
 CAM_MERGES = ("attention", "add", "concat")
+# The enhancer's blending modes (``blending``): the paper's B, B+S and randomized blending.
+MODES = ("independent", "shared-noise", "randomized")
+# The method and the inference-time baselines and ablations it is compared with (the
+# evaluation issue), each described by its value (``streaming``).
+METHODS = {
+    "streamingt2v": "CAM + APM (the paper's method)",
+    "independent": "every chunk from the base model and the text alone (hard cuts expected)",
+    "no-apm": "streaming chunks without the APM (no anchor-frame tokens)",
+    "no-cam": "streaming chunks without the CAM (no conditioning on the previous chunk)",
+    "freenoise": "FreeNoise on the base model: rescheduled noise, window-fused temporal "
+    "attention, the whole video denoised at once (memory grows with the length)",
+}
 
 
 class UsageError(ValueError):

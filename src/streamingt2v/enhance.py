@@ -1,7 +1,7 @@
 """Streaming refinement (paper Sec. 4.2.3): SDEdit chunk by chunk with randomized blending.
 
 The low-resolution video is upsampled and encoded, noised to ``t_start`` and denoised by a
-high-resolution text-to-video UNet in overlapping chunks. Three modes (``blending.MODES``):
+high-resolution text-to-video UNet in overlapping chunks. Three modes (``config.MODES``):
 
 - ``independent``: every chunk has its own noise and trajectory; chunks are concatenated
   (later chunks win the whole overlap) - the paper's baseline B;
@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import torch
 from diffusers import DDIMScheduler
 
-from .blending import MODES, chunk_starts, frame_noise, owners, step_noise
+from .blending import chunk_starts, frame_noise, owners, step_noise
+from .config import MODES
 
 # x (1, C, F, h, w) noisy latents of one chunk, t, the same frames' clean input latents
 # (1, C, F, h, w; what a conditioned enhancer also reads) -> guided eps (or v) like x.

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import SampleConfig, StreamConfig, UsageError
+from .config import METHODS, SampleConfig, StreamConfig, UsageError
 from .freenoise import rescheduled_noise, windowed_temporal_attention
 from .models.unet import video_latents
 from .sampling import make_scheduler, sample, stream_denoiser, text_denoiser
@@ -36,16 +36,6 @@ if TYPE_CHECKING:
     from .pipeline import StreamingT2VPipeline
 
 
-# The method and the inference-time baselines and ablations it is compared with (the
-# evaluation issue), each described by its value.
-METHODS = {
-    "streamingt2v": "CAM + APM (the paper's method)",
-    "independent": "every chunk from the base model and the text alone (hard cuts expected)",
-    "no-apm": "streaming chunks without the APM (no anchor-frame tokens)",
-    "no-cam": "streaming chunks without the CAM (no conditioning on the previous chunk)",
-    "freenoise": "FreeNoise on the base model: rescheduled noise, window-fused temporal "
-    "attention, the whole video denoised at once (memory grows with the length)",
-}
 FREENOISE_STRIDE = 4  # frames between FreeNoise's attention windows (its paper's default)
 
 
