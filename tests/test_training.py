@@ -217,6 +217,14 @@ def test_faint_share_out_of_range_is_a_usage_error(tmp_path):
         build_stage(cfg, torch.device("cpu"))
 
 
+@pytest.mark.parametrize("frames", [0, 24.0])
+def test_sample_frames_not_a_positive_integer_is_a_usage_error(frames, inputs, tmp_path):
+    cfg = _stream_cfg(inputs, tmp_path)
+    cfg.options["sample_frames"] = frames
+    with pytest.raises(UsageError, match="options.sample_frames must be an integer >= 1"):
+        build_stage(cfg, torch.device("cpu"))
+
+
 def test_object_mask_with_a_margin_covers_the_pixels_around_the_object():
     from streamingt2v.training.stages import object_mask
 

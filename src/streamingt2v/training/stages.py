@@ -514,7 +514,9 @@ class StreamStage(LatentVideoStage):
         self.drop_image = cfg.options.get("drop_image", 0.1)
         self.sample_frames = cfg.options.get("sample_frames", 80)  # the export's sample videos
         if not isinstance(self.sample_frames, int) or self.sample_frames < 1:
-            raise UsageError(f"options.sample_frames must be >= 1, got {self.sample_frames!r}")
+            raise UsageError(
+                f"options.sample_frames must be an integer >= 1, got {self.sample_frames!r}"
+            )
         with torch.no_grad():
             self.zeros_embed = self.images.unconditional(1)  # (1, E)
 
