@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -178,3 +179,17 @@ def test_diagnostics_reads_background_colour_and_shape_per_frame(monkeypatch):
     assert right_per_frame(video, words).all()
     wrong = right_per_frame(video, words | {"shape": "circle"})
     assert wrong[:, :2].all() and not wrong[:, 2].any()
+
+
+def test_object_size_scales_the_object_and_keeps_every_other_draw():
+    """A larger world object (none wider than a third of the frame) changes the size alone: the same
+    seed draws the same colour, shape, motion and track, and the default is a fifth."""
+    from streamingt2v.world.render import SIZE, rng_for, sample_params
+
+    default = sample_params(rng_for("size", 3))
+    assert sample_params(rng_for("size", 3), SIZE) == default
+    large = sample_params(rng_for("size", 3), 0.3)
+    assert large.size == pytest.approx(default.size / SIZE * 0.3) and large.size <= 1 / 3
+    assert dataclasses.replace(large, size=default.size) == default
+    with pytest.raises(ValueError, match="object_size"):
+        sample_params(rng_for("size", 3), 0.5)

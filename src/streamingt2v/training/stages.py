@@ -53,6 +53,7 @@ from ..world.render import (
     COLOURS,
     MOTIONS,
     SHAPES,
+    SIZE,
     WorldParams,
     caption_of,
     parse_caption,
@@ -147,7 +148,11 @@ class VaeStage(Stage):
         self.module = (
             load_diffusers(AutoencoderKL, Path(init)) if init else AutoencoderKL(**cfg.model)
         ).to(device)
-        self.data = WorldClips(frames=1, size=cfg.size, max_start=600, seed=cfg.seed)
+        # The object's mean width in frame widths (the world's default, a fifth, when unset).
+        object_size = cfg.options.get("object_size", SIZE)
+        self.data = WorldClips(
+            frames=1, size=cfg.size, max_start=600, seed=cfg.seed, object_size=object_size
+        )
         self.kl_weight = cfg.options.get("kl_weight", 1e-6)
         # The object covers ~4% of a frame: without extra weight the VAE learns the
         # background and blurs the object's colour away.

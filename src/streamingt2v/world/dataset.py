@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config import UsageError
-from .render import STRAIGHT, WorldParams, render, rng_for, sample_params, track
+from .render import SIZE, STRAIGHT, WorldParams, render, rng_for, sample_params, track
 
 
 @dataclass
@@ -45,6 +45,7 @@ class WorldClips(Dataset):
         length: int = 10**9,
         turn: float = 0.0,
         turn_at: int = 8,
+        object_size: float = SIZE,
     ):
         if not 0 <= turn <= 1:
             raise UsageError(f"turn must be in [0, 1], got {turn!r}")
@@ -53,13 +54,14 @@ class WorldClips(Dataset):
         self.frames, self.size, self.max_start = frames, size, max_start
         self.seed, self.length = seed, length
         self.turn, self.turn_at = turn, turn_at
+        self.object_size = object_size
 
     def __len__(self) -> int:
         return self.length
 
     def clip(self, index: int) -> WorldClip:
         rng = rng_for("clip", self.seed, index)
-        params = sample_params(rng)
+        params = sample_params(rng, self.object_size)
         start = int(rng.integers(0, self.max_start + 1))
         frames = render(params, np.arange(start, start + self.frames), self.size)
         anchor = frames[0].copy() if start == 0 else render(params, np.array([0]), self.size)[0]

@@ -43,7 +43,9 @@ MOTIONS = (*STRAIGHT, "bouncing", "circling")
 # Fraction of its bounding box each shape fills (the world checks' shape cue).
 FILL_RATIO = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5}
 SPEED_RANGE = (1 / 40, 1 / 20)  # frame widths per frame at 8 fps
-SIZE = 0.2  # object width in frame widths
+SIZE = 0.2  # object width in frame widths (the world's default)
+MAX_SIZE = 1 / 3  # no object is wider than this (world spec)
+SIZE_SPREAD = (0.9, 1.1)  # each video's object width, as a factor of the mean
 
 
 @dataclass(frozen=True)
@@ -88,8 +90,19 @@ def rng_for(*keys: object) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-def sample_params(rng: np.random.Generator, **fixed: str) -> WorldParams:
-    """Random world parameters; ``fixed`` pins any of colour, shape, motion, background."""
+def sample_params(
+    rng: np.random.Generator, object_size: float = SIZE, **fixed: str
+) -> WorldParams:
+    """Random world parameters; ``fixed`` pins any of colour, shape, motion, background.
+
+    ``object_size``: the mean object width in frame widths; each video draws within 10% of
+    it. The world's default is a fifth, and no object may be wider than a third, so the
+    mean is at most 0.303.
+    """
+    if not 0 < object_size * SIZE_SPREAD[1] <= MAX_SIZE:
+        raise ValueError(
+            f"object_size must be in (0, {MAX_SIZE / SIZE_SPREAD[1]:.3f}], got {object_size!r}"
+        )
     colour = fixed.get("colour") or rng.choice(list(COLOURS))
     backgrounds = [b for b in BACKGROUNDS if b != colour]
     background = fixed.get("background") or rng.choice(backgrounds)
@@ -103,7 +116,7 @@ def sample_params(rng: np.random.Generator, **fixed: str) -> WorldParams:
         shape=str(fixed.get("shape") or rng.choice(SHAPES)),
         motion=motion,
         background=str(background),
-        size=SIZE * float(rng.uniform(0.9, 1.1)),
+        size=object_size * float(rng.uniform(*SIZE_SPREAD)),
         speed=float(rng.uniform(*SPEED_RANGE)),
         x0=float(rng.uniform(0.2, 0.8)),
         y0=float(rng.uniform(0.2, 0.8)),
