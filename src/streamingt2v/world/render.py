@@ -90,9 +90,7 @@ def rng_for(*keys: object) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-def sample_params(
-    rng: np.random.Generator, object_size: float = SIZE, **fixed: str
-) -> WorldParams:
+def sample_params(rng: np.random.Generator, object_size: float = SIZE, **fixed: str) -> WorldParams:
     """Random world parameters; ``fixed`` pins any of colour, shape, motion, background.
 
     ``object_size``: the mean object width in frame widths; each video draws within 10% of
