@@ -107,6 +107,14 @@ def write_text_table(path: Path) -> None:
     PromptTable.from_encoder(minilm(), ["", *all_captions()]).save(path)
 
 
+def world_vocabulary() -> list[str]:
+    """Every word of the world's captions, sorted (``PipelineConfig.vocabulary``)."""
+    words = {"a", "on", "background"}
+    for names in (COLOURS, SHAPES, MOTIONS, BACKGROUNDS):
+        words.update(word for name in names for word in name.split())
+    return sorted(words)
+
+
 def all_captions() -> list[str]:
     return [
         caption_of(c, s, m, b)
@@ -307,7 +315,12 @@ class LatentVideoStage(Stage):
         self.schedule = SCHEDULES[cfg.options.get("noise_schedule", "world")]
         self.noise = DDPMScheduler.from_config(self.schedule)
         self.data = WorldClips(
-            frames=frames, size=cfg.size, max_start=max_start, seed=cfg.seed, turn=turn
+            frames=frames,
+            size=cfg.size,
+            max_start=max_start,
+            seed=cfg.seed,
+            turn=turn,
+            object_size=cfg.options.get("object_size", SIZE),  # mean object width
         )
         self.drop_text = cfg.options.get("drop_text", 0.1)  # classifier-free guidance training
         # The enhancer only ever denoises from its SDEdit strength down: train where it works.
@@ -361,12 +374,16 @@ class LatentVideoStage(Stage):
             stream=StreamConfig(text_tokens=TEXT_TOKENS),
             text_attention_mask=True,
             text_encoder_package=TEXT_PACKAGE,
+            vocabulary=world_vocabulary(),
         )
         return StreamingT2VPipeline(unet, self.vae, self.text, self.schedule, config, **streaming)
 
 
 class BaseStage(LatentVideoStage):
-    def __init__(self, cfg: TrainConfig, device: torch.device, frames: int = 16):
+    def __init__(self, cfg: TrainConfig, device: torch.device, frames: int | None = None):
+        # options.frames: clip length; 1 trains appearance from single frames (the spatial
+        # layers do all the work at a sixteenth of a clip's cost), 16 (default) motion.
+        frames = frames or cfg.options.get("frames", 16)
         super().__init__(cfg, device, frames=frames, max_start=600)
         init = cfg.inputs.get("init")  # continue from an earlier base UNet
         self.module = (
