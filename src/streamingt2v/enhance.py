@@ -30,7 +30,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from .blending import chunk_starts, frame_noise, owners, step_noise
-from .config import MODES
+from .config import MODES, check_guidance, check_seed
 
 # x (1, C, F, h, w) noisy latents of one chunk, t, the same frames' clean input latents
 # (1, C, F, h, w; what a conditioned enhancer also reads) -> guided eps (or v) like x.
@@ -59,8 +59,8 @@ class EnhanceConfig:
             raise ValueError(f"strength must be in (0, 1], got {self.strength}")
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
-        if not self.guidance >= 0:
-            raise ValueError(f"guidance must be >= 0, got {self.guidance}")
+        check_guidance(self.guidance)
+        check_seed(self.seed)
         if not 1 <= self.overlap < self.chunk:
             raise ValueError(f"need 1 <= overlap < chunk, got {self.overlap}, {self.chunk}")
 

@@ -1,8 +1,12 @@
 """``generate``: prompt -> video file + JSON manifest; the function behind the CLI.
 
 All input is checked before any model is loaded, and nothing on disk is replaced until the
-video is complete (or the run is stopped with Ctrl-C, which finishes a playable video of the
-chunks made so far and records ``"interrupted": true`` in the manifest).
+video is complete (or the run is stopped with Ctrl-C or SIGTERM, which finishes a playable
+video of the chunks made so far and records ``"interrupted": true`` in the manifest). A run
+holds its output's ``OutputLock`` throughout, so a second run on the same output is refused
+up front; the video and the manifest each replace their target in one rename. A write that
+fails (a full disk, a lost permission) raises ``OutputError`` and leaves what existed as it
+was, with no temporary file.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -22,7 +28,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .config import SampleConfig, UsageError, config_to_dict
+from .config import OutputError, SampleConfig, UsageError, config_to_dict
 from .enhance import EnhanceConfig
 from .enhancer import Enhancer
 from .enhancer import settings as enhance_settings
@@ -30,8 +36,16 @@ from .models.weights import local_model_folder
 from .offload import Offloader
 from .pipeline import StreamingT2VPipeline
 from .plan import Plan, make_plan
+from .sampling import max_steps
 from .streaming import Request
-from .video_io import VideoWriter, output_kind, read_video
+from .video_io import (
+    OutputLock,
+    VideoWriter,
+    output_kind,
+    partial_path,
+    read_video,
+    remove_path,
+)
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -97,6 +111,12 @@ class GenerateResult:
     frames: int
     interrupted: bool
     seconds: float
+    stopped_by: str | None = None  # "SIGINT" (Ctrl-C) or "SIGTERM" when interrupted
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop asked for by a signal other than Ctrl-C (the CLI raises it on SIGTERM); handled
+    exactly like Ctrl-C. ``str(stop)`` is the signal's name."""
 
 
 def manifest_path(out: Path) -> Path:
@@ -162,42 +182,61 @@ def generate(config: GenerateConfig) -> GenerateResult:
     """Generate ``config.num_frames`` frames into ``config.out`` chunk by chunk.
 
     Memory does not grow with the video's length (mp4 and PNG outputs; a gif keeps its
-    palette frames until the end). Raises UsageError for bad input before any work is done.
+    palette frames until the end). Raises UsageError for bad input before any work is done,
+    and OutputError when the output cannot be written.
     """
     check_output(config.out, config.overwrite)
-    model_dir, device, dtype, pipe, enhancer, request = _load_run(config)
-    fps = config.fps or pipe.config.fps
-    manifest = _manifest_head(config, request, pipe, model_dir, fps, device, dtype)
+    with OutputLock(config.out):
+        check_output(config.out, config.overwrite)  # a run may have finished meanwhile
+        remove_stale_partials(config.out)
+        model_dir, device, dtype, pipe, enhancer, request = _load_run(config)
+        fps = config.fps or pipe.config.fps
+        manifest = _manifest_head(config, request, pipe, model_dir, fps, device, dtype)
+        manifest["warnings"] = pipe.prompt_warnings(request.prompt)
+        if config.progress:
+            for warning in manifest["warnings"]:
+                print(f"streamingt2v: warning: {warning}", file=sys.stderr)
 
-    def frames() -> Iterator[np.ndarray]:
-        for chunk in pipe.stream(
-            request.prompt, request.num_frames, progress=config.progress, **_settings(request)
-        ):
-            manifest["chunks"].append(
-                dict(
-                    index=chunk.index,
-                    start=chunk.start,
-                    frames=len(chunk.frames),
-                    seed=chunk.seed,
-                    seconds=round(chunk.seconds, 3),
+        def frames() -> Iterator[np.ndarray]:
+            for chunk in pipe.stream(
+                request.prompt, request.num_frames, progress=config.progress, **_settings(request)
+            ):
+                manifest["chunks"].append(
+                    dict(
+                        index=chunk.index,
+                        start=chunk.start,
+                        frames=len(chunk.frames),
+                        seed=chunk.seed,
+                        seconds=round(chunk.seconds, 3),
+                    )
                 )
-            )
-            yield from chunk.frames
+                yield from chunk.frames
 
-    output = frames()
-    if enhancer is not None:
-        settings = replace(enhancer.config.defaults, seed=request.seed)
-        size = enhancer.output_size(*request.size)
-        manifest["enhance"] = {"size": list(size), **config_to_dict(settings)}
-        output = enhancer.enhance(
-            output,
-            request.num_frames,
-            request.prompt,
-            settings,
-            request.sample.negative_prompt,
-            progress=config.progress,
-        )
-    return write_video(output, config.out, fps, manifest)
+        output = frames()
+        if enhancer is not None:
+            settings = replace(enhancer.config.defaults, seed=request.seed)
+            size = enhancer.output_size(*request.size)
+            manifest["enhance"] = {"size": list(size), **config_to_dict(settings)}
+            output = enhancer.enhance(
+                output,
+                request.num_frames,
+                request.prompt,
+                settings,
+                request.sample.negative_prompt,
+                progress=config.progress,
+            )
+        return write_video(output, config.out, fps, manifest, config.overwrite)
+
+
+def remove_stale_partials(out: Path) -> None:
+    """Remove the temporary files that runs killed outright (SIGKILL, power loss) left beside
+    ``out`` and its manifest. Only called while holding ``out``'s lock: no live run owns
+    them."""
+    for target in (out, manifest_path(out)):
+        pattern = re.compile(re.escape(target.name) + r"\.\d+-[0-9a-f]{8}\.partial(\.old)?")
+        for path in target.parent.iterdir():
+            if pattern.fullmatch(path.name):
+                remove_path(path)
 
 
 def plan_run(config: GenerateConfig) -> Plan:
@@ -223,6 +262,7 @@ def _load_run(config: GenerateConfig):
         )
         if config.offload:
             enhancer.enable_offload(pipe.offloader)
+        check_enhance_steps(enhancer, enhancer.config.defaults.steps)
     request = pipe.request(
         config.prompt,
         config.num_frames,
@@ -241,19 +281,27 @@ def _load_run(config: GenerateConfig):
 
 
 def write_video(
-    frames: Iterator[np.ndarray], out: Path, fps: int, manifest: dict[str, Any]
+    frames: Iterator[np.ndarray],
+    out: Path,
+    fps: int,
+    manifest: dict[str, Any],
+    overwrite: bool = True,
 ) -> GenerateResult:
-    """Write frames as they come, then the manifest beside the video. Ctrl-C keeps a playable
-    video of the frames made so far (``"interrupted": true``); any other error, or Ctrl-C
-    before the first frame, leaves nothing behind and replaces nothing."""
-    writer = VideoWriter(out, fps)
+    """Write frames as they come, then the video and its manifest, each into place in one
+    rename. Ctrl-C (or ``Stopped``) keeps a playable video of the frames made so far
+    (``"interrupted": true``); any other error, or a stop before the first frame, leaves
+    nothing behind and replaces nothing. A failed write raises OutputError naming the path
+    and the cause."""
+    with _writing(out):
+        writer = VideoWriter(out, fps)
     started = time.perf_counter()
-    interrupted = False
+    stopped_by = None
     try:
         for frame in frames:
-            writer.write(frame[None])
-    except KeyboardInterrupt:
-        interrupted = True
+            with _writing(out):
+                writer.write(frame[None])
+    except KeyboardInterrupt as stop:
+        stopped_by = str(stop) if isinstance(stop, Stopped) else "SIGINT"
         if writer.frames_written == 0:
             writer.abort()
             raise
@@ -262,14 +310,48 @@ def write_video(
         raise
     seconds = time.perf_counter() - started
     manifest.update(
-        frames=writer.frames_written, interrupted=interrupted, seconds=round(seconds, 3)
+        frames=writer.frames_written,
+        interrupted=stopped_by is not None,
+        stopped_by=stopped_by,
+        seconds=round(seconds, 3),
     )
-    video = writer.finish()
     path = manifest_path(out)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, path)
-    return GenerateResult(video, path, writer.frames_written, interrupted, seconds)
+    manifest_tmp = partial_path(path)
+    try:
+        with _writing(out):
+            writer.close()
+        with _writing(path):
+            manifest_tmp.write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n")
+        with _writing(out):
+            video = writer.finish(overwrite)
+        with _writing(path):
+            os.replace(manifest_tmp, path)
+    except BaseException:
+        writer.abort()
+        remove_path(manifest_tmp)
+        raise
+    return GenerateResult(
+        video, path, writer.frames_written, stopped_by is not None, seconds, stopped_by
+    )
+
+
+class _writing:
+    """Turns an OSError while writing ``path`` into an OutputError naming the path and the
+    cause (``No space left on device``, ``Permission denied``, ...)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, err, traceback) -> bool:
+        if isinstance(err, OSError):
+            cause = err.strerror or str(err) or type(err).__name__
+            raise OutputError(
+                f"cannot write {self.path}: {cause}; nothing existing was changed"
+            ) from err
+        return False
 
 
 @dataclass
@@ -349,6 +431,13 @@ def enhance_file(config: EnhanceFileConfig) -> GenerateResult:
     check_output(config.out, config.overwrite)
     if config.out.resolve() == config.video.resolve():
         raise UsageError("the output would replace the input video; pick another --out")
+    with OutputLock(config.out):
+        check_output(config.out, config.overwrite)
+        remove_stale_partials(config.out)
+        return _enhance_file(config)
+
+
+def _enhance_file(config: EnhanceFileConfig) -> GenerateResult:
     video = read_video(config.video)
     model_dir = resolve_model_dir(config.model)
     device, dtype = resolve_device(config.device, config.dtype)
@@ -357,6 +446,7 @@ def enhance_file(config: EnhanceFileConfig) -> GenerateResult:
     if config.offload:
         enhancer.enable_offload(Offloader(device))
     settings = config.overrides(enhancer.config.defaults)
+    check_enhance_steps(enhancer, settings.steps)
     size = enhancer.output_size(*video.shape[1:3])
     manifest = {
         "streamingt2v_version": __version__,
@@ -374,7 +464,13 @@ def enhance_file(config: EnhanceFileConfig) -> GenerateResult:
     frames = enhancer.enhance(
         iter(video), len(video), config.prompt, settings, config.negative_prompt, config.progress
     )
-    return write_video(frames, config.out, config.fps, manifest)
+    return write_video(frames, config.out, config.fps, manifest, config.overwrite)
+
+
+def check_enhance_steps(enhancer: Enhancer, steps: int) -> None:
+    most = max_steps(enhancer.scheduler_config)
+    if steps > most:
+        raise UsageError(f"enhancer steps must be at most {most} (its schedule), got {steps}")
 
 
 def _settings(request: Request) -> dict[str, Any]:

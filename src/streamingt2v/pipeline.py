@@ -15,6 +15,7 @@ the chunk loop lives in ``streaming``, the sampler in ``sampling``.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,7 @@ from .models.weights import (
     save_module,
 )
 from .offload import Offloader
+from .sampling import max_steps
 from .streaming import Request, VideoChunk, chunk_count, stream
 
 STREAMING_PARTS = ("cam", "apm", "image_encoder")
@@ -354,10 +356,37 @@ class StreamingT2VPipeline:
         native = self.frame_size
         size = (native[0] if height is None else height, native[1] if width is None else width)
         request = Request(prompt, num_frames, seed, sample_config, size, method)
+        sample_config.check_steps(max_steps(self.scheduler_config))
         self.check_size(size)
         if chunk_count(num_frames, self.config.stream) > 1:
             self._require_streaming()
         return request
+
+    def prompt_warnings(self, prompt: str) -> list[str]:
+        """What a user should know before this model reads ``prompt``: words it was never
+        trained on (when its folder names a vocabulary) and text past its text encoder's
+        tokens. Warnings, not errors: a paraphrase may still work."""
+        warnings = []
+        vocabulary = self.config.vocabulary
+        if vocabulary is not None:
+            words = dict.fromkeys(re.findall(r"[a-z]+", prompt.lower()))  # in order, once
+            unknown = [w for w in words if w not in set(vocabulary)]
+            if unknown:
+                warnings.append(
+                    f"this model has never seen the words {', '.join(map(repr, unknown))}: it "
+                    f"was trained on a small vocabulary ({' '.join(vocabulary)}) and will not "
+                    "draw what it has not seen; for open prompts use a full-size model "
+                    "(docs/full-size.md)"
+                )
+        # A PromptTable (training's closed caption set) cuts nothing: it has no tokenizer.
+        ignored_text = getattr(self.text_encoder, "ignored_text", lambda _: "")
+        cut = ignored_text(prompt)
+        if cut:
+            warnings.append(
+                f"the prompt is longer than the text encoder's {self.text_encoder.max_tokens} "
+                f"tokens; the end is ignored: {cut!r}"
+            )
+        return warnings
 
     def stream(
         self, prompt: str, num_frames: int, progress: bool = False, **settings

@@ -25,6 +25,11 @@ from .models.unet import unet_forward
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def max_steps(scheduler_config: dict[str, Any]) -> int:
+    """The most sampling steps a schedule supports: one per training timestep."""
+    return int(scheduler_config.get("num_train_timesteps", 1000))
+
+
 def make_scheduler(config: SampleConfig, scheduler_config: dict[str, Any]) -> SchedulerMixin:
     """A fresh scheduler (they hold per-run state) with ``config.steps`` timesteps set."""
     if config.scheduler == "ddim":

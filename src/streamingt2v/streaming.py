@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import METHODS, SampleConfig, StreamConfig, UsageError
+from .config import METHODS, SampleConfig, StreamConfig, UsageError, check_seed
 from .freenoise import rescheduled_noise, windowed_temporal_attention
 from .models.unet import video_latents
 from .sampling import make_scheduler, sample, stream_denoiser, text_denoiser
@@ -56,8 +56,7 @@ class Request:
         n = self.num_frames
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise UsageError(f"number of frames must be an integer >= 1, got {n!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise UsageError(f"seed must be an integer >= 0, got {self.seed!r}")
+        check_seed(self.seed)
         if self.method not in METHODS:
             raise UsageError(f"unknown method {self.method!r}; choose one of {list(METHODS)}")
         if self.size is None:

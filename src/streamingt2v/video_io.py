@@ -3,21 +3,25 @@
 Frames cross this module as uint8 arrays in ``(F, H, W, 3)`` layout (``_fhwc``), the layout
 of image files; models use ``(B, C, F, H, W)`` (see ``config``).
 
-Writers append chunk by chunk to a partial file beside the target (``NAME.partial``) and move
-it into place only when told to finish, so an existing output is never touched by a run that
-fails, and a run stopped early can still finish a playable video of what it made.
+Writers append chunk by chunk to a partial file of their own beside the target
+(``NAME.PID-TOKEN.partial``, unique per run) and move it into place only when told to
+finish, with one atomic rename: an existing output is only ever replaced by a complete new
+one, never by a run that fails, and two runs never write the same partial file.
+``OutputLock`` keeps a second run from writing the same target at the same time.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .config import UsageError
+from .config import OutputError, UsageError
 
 VIDEO_SUFFIXES = {".mp4": "mp4", ".gif": "gif"}
 
@@ -35,7 +39,94 @@ def output_kind(path: Path) -> str:
 
 
 def partial_path(path: Path) -> Path:
-    return path.with_name(path.name + ".partial")
+    """A temporary name beside ``path`` that no other run uses (process id + random token)."""
+    return path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
+
+
+def stale_partials(path: Path) -> list[Path]:
+    """Partial files of earlier runs on ``path`` (a run killed outright leaves its own).
+    Only safe to remove while holding ``path``'s ``OutputLock``."""
+    return sorted(path.parent.glob(f"{_glob_escape(path.name)}.*.partial"))
+
+
+def _glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a unique temporary file and one rename, so readers
+    see the old file or the complete new one; a failure leaves no temporary file."""
+    tmp = partial_path(path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        remove_path(tmp)
+        raise
+
+
+class OutputLock:
+    """An exclusive lock on an output path (``NAME.lock`` beside it), held for a whole run, so
+    a second run aimed at the same path is refused up front and names the first.
+
+    The lock is the kernel's (``fcntl.flock``): it is released when its holder exits, even
+    when killed, so a killed run never blocks the next one. The lock file is removed on
+    release. Where ``fcntl`` does not exist (Windows), runs are not serialized.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.file = self.path.with_name(self.path.name + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> OutputLock:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not on Linux or macOS
+            return self
+        while True:
+            try:
+                fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as err:
+                raise OutputError(f"cannot create {self.file}: {err.strerror}") from err
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise UsageError(
+                    f"another run is writing {self.path} ({holder}); wait for it to finish "
+                    "or choose another output"
+                ) from None
+            # The holder before us may have removed the file after we opened it: then our
+            # lock is on a file nobody else will see, so start again on the new one.
+            try:
+                same = os.stat(self.file).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()}, started {started}".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            self.file.unlink(missing_ok=True)  # while still locked: see acquire
+        finally:
+            os.close(self._fd)  # releases the lock
+            self._fd = None
+
+    def __enter__(self) -> OutputLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 class VideoWriter:
@@ -49,7 +140,6 @@ class VideoWriter:
         self.frames_written = 0
         self._container = self._stream = None
         self._gif_frames: list[Image.Image] = []
-        _remove(self.partial)
         if self.kind == "frames":
             self.partial.mkdir(parents=True)
 
@@ -82,12 +172,19 @@ class VideoWriter:
     def _write_frames(self, frame: np.ndarray) -> None:
         Image.fromarray(frame).save(self.partial / f"frame_{self.frames_written:06d}.png")
 
+    def close(self) -> None:
+        """Finish writing the partial file (its last frames, the container's index); the
+        step of ``finish`` that can run out of space."""
+        self._close()
+
     def _close(self) -> None:
         if self._container is not None:
-            for packet in self._stream.encode():
-                self._container.mux(packet)
-            self._container.close()
-            self._container = None
+            container, self._container = self._container, None
+            try:
+                for packet in self._stream.encode():
+                    container.mux(packet)
+            finally:  # closed even when flushing fails (a full disk): no open file left
+                container.close()
         if self.kind == "gif" and self._gif_frames:
             first, *rest = self._gif_frames
             duration = round(1000 / self.fps)
@@ -101,24 +198,40 @@ class VideoWriter:
             )
             self._gif_frames = []
 
-    def finish(self) -> Path:
-        """Close the file and move it over ``path`` (replacing what was there)."""
+    def finish(self, overwrite: bool = True) -> Path:
+        """Close the file and move it over ``path`` in one rename (a file is replaced
+        atomically; a PNG folder is swapped in, the old one removed after). Without
+        ``overwrite``, a ``path`` that appeared meanwhile is left alone (OutputError)."""
         if self.frames_written == 0:
             raise ValueError("no frames were written")
         self._close()
-        _remove(self.path)
-        os.replace(self.partial, self.path)
+        if not overwrite and (self.path.exists() or self.path.is_symlink()):
+            raise OutputError(
+                f"{self.path} appeared while the video was being made; the new video is "
+                f"kept as {self.partial}"
+            )
+        if self.kind == "frames" and self.path.is_dir():
+            old = self.path.with_name(f"{self.partial.name}.old")
+            os.replace(self.path, old)
+            os.replace(self.partial, self.path)
+            remove_path(old)
+        else:
+            os.replace(self.partial, self.path)
         return self.path
 
     def abort(self) -> None:
         """Close and delete the partial file; ``path`` is left as it was."""
         try:
             self._close()
+        except OSError:  # closing can fail for the reason the run is aborted (a full disk)
+            pass
         finally:
-            _remove(self.partial)
+            self._gif_frames = []
+            remove_path(self.partial)
 
 
-def _remove(path: Path) -> None:
+def remove_path(path: Path) -> None:
+    """Remove a file, link or folder, if there."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():

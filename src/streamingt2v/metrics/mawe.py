@@ -31,8 +31,10 @@ Flow = Callable[[np.ndarray, np.ndarray], np.ndarray]  # gray (H, W) uint8 x2 ->
 def _cv2():
     try:
         import cv2
-    except ImportError as err:  # optional dependency: pip install "streamingt2v[eval]"
-        raise ImportError("MAWE needs opencv-python-headless (the eval extra)") from err
+    except ImportError as err:  # a base dependency, unless removed
+        raise ImportError(
+            "MAWE needs opencv-python-headless: pip install opencv-python-headless"
+        ) from err
     return cv2
 
 

@@ -27,7 +27,7 @@ def count_cuts(video: np.ndarray, fps: int = 8) -> int:
     """Number of cuts in a (F, H, W, 3) uint8 video."""
     try:
         from scenedetect import AdaptiveDetector, detect
-    except ImportError as err:  # optional dependency: pip install "streamingt2v[eval]"
+    except ImportError as err:  # a base dependency, unless removed
         raise ImportError("SCuts needs scenedetect-headless and opencv-python-headless") from err
     from ..video_io import VideoWriter
 

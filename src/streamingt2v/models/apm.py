@@ -53,7 +53,9 @@ class ContextMixer(nn.Module):
         total = config.text_tokens + config.image_tokens
         self.conv = nn.Conv1d(total, config.text_tokens, kernel_size=3, padding=1)
         self.conv_ln = nn.LayerNorm(config.cross_attention_dim)
-        self.alpha = nn.Parameter(torch.zeros(1))
+        # A 0-d parameter, as in the authors' checkpoint (``attn2.alpha``, shape ()); folders
+        # saved before held shape (1,), read by ``AppearancePreservationModule.upgrade_state``.
+        self.alpha = nn.Parameter(torch.zeros(()))
 
     def forward(self, context: torch.Tensor) -> torch.Tensor:
         """context: (N, T+k, D) -> (N, T, D)."""
@@ -113,6 +115,15 @@ class AppearancePreservationModule(nn.Module):
             )
         apm = cls(config, len(spatial_cross_attention_names(unet)))
         return apm.to(device=unet.conv_in.weight.device, dtype=unet.conv_in.weight.dtype)
+
+    @staticmethod
+    def upgrade_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """An APM state dict in today's format: the mixers' ``alpha`` of shape (1,), as this
+        library saved it before matching the official 0-d shape, becomes 0-d (same value)."""
+        return {
+            k: v.reshape(()) if k.endswith(".alpha") and v.shape == (1,) else v
+            for k, v in state.items()
+        }
 
     def attach(self, unet: UNet3DConditionModel) -> None:
         """Install the mixing processors in ``unet``'s spatial cross-attentions."""

