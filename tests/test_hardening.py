@@ -341,3 +341,27 @@ def test_help_states_the_embedded_defaults_and_its_vocabulary():
     enhance = " ".join(enhance.split())
     assert "2x for the embedded" not in enhance
     assert "required: the embedded default has no enhancer" in enhance
+
+
+def test_output_folder_removed_mid_run_exits_3_naming_the_path(
+    tiny_model_dir, tmp_path, monkeypatch, capsys
+):
+    from streamingt2v import StreamingT2VPipeline
+
+    folder = tmp_path / "gone"
+    folder.mkdir()
+    real_stream = StreamingT2VPipeline.stream
+
+    def folder_disappears(self, *args, **kwargs):
+        for i, chunk in enumerate(real_stream(self, *args, **kwargs)):
+            if i == 1:
+                shutil.rmtree(folder)
+            yield chunk
+
+    monkeypatch.setattr(StreamingT2VPipeline, "stream", folder_disappears)
+    code = run("generate", "a red circle", "--frames", 40, "--out", folder / "v.mp4",
+               "--model", tiny_model_dir, *FAST)  # fmt: skip
+    assert code == 3
+    err = capsys.readouterr().err
+    assert f"cannot write {folder / 'v.mp4'}" in err and "No such file or directory" in err
+    assert "Traceback" not in err and not folder.exists()
