@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import pickle
 from pathlib import Path
 
 import pytest
@@ -305,3 +306,99 @@ def test_unconditional_image_is_a_zeros_frame_through_the_preprocessing(tmp_path
     assert shipped.unconditional_image == "mean"
     zeros = torch.zeros(1, 3, shipped.size, shipped.size)
     assert torch.equal(shipped.unconditional(1), shipped.model(pixel_values=zeros).image_embeds)
+
+
+LIGHTNING_MODULE = '''
+class AttributeDict(dict):
+    """Lightning's hyper-parameter dict (a dict subclass)."""
+'''
+
+
+class _Boom:
+    """Pickles as a call of os.system: what a malicious checkpoint carries."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _lightning_checkpoint(path, tmp_path, monkeypatch, extra=None):
+    """A Lightning-style training file: weights, AdamW state, an argparse.Namespace and an
+    AttributeDict of hyper-parameters, loop state; ``extra`` entries added."""
+    import argparse
+    import importlib
+
+    package = tmp_path / "fake_lightning" / "lightning_fabric" / "utilities"
+    package.mkdir(parents=True)
+    for folder in (package.parent, package):
+        (folder / "__init__.py").write_text("")
+    (package / "data.py").write_text(LIGHTNING_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path / "fake_lightning"))
+    data = importlib.import_module("lightning_fabric.utilities.data")
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.AdamW([weight])
+    weight.grad = torch.ones(3)
+    optimizer.step()
+    checkpoint = {
+        "epoch": 7,
+        "global_step": 1200,
+        "pytorch-lightning_version": "2.0.0",
+        "state_dict": {"resampler.w": torch.arange(4.0)},
+        "optimizer_states": [optimizer.state_dict()],
+        "hyper_parameters": data.AttributeDict(lr=5e-5, args=argparse.Namespace(steps=50)),
+        "loops": {"fit_loop": {"state_dict": {}}},
+        **(extra or {}),
+    }
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_lightning_training_files_read_their_weights_without_running_pickled_code(
+    tmp_path, monkeypatch
+):
+    from streamingt2v.convert import load_weights_only, open_checkpoint, pickle_globals
+
+    path = _lightning_checkpoint(tmp_path / "train.ckpt", tmp_path, monkeypatch)
+    found = pickle_globals(path)
+    for name in ("argparse.Namespace", "lightning_fabric.utilities.data.AttributeDict"):
+        assert name in found
+    with pytest.raises(pickle.UnpicklingError):  # what a plain safe load says of it
+        torch.load(path, weights_only=True)
+    data = load_weights_only(path)
+    assert torch.equal(data["state_dict"]["resampler.w"], torch.arange(4.0))
+    assert data["hyper_parameters"]["lr"] == 5e-5  # an AttributeDict read as a dict
+    assert type(data["hyper_parameters"]["args"]).__name__ == "StandIn[argparse.Namespace]"
+    assert isinstance(data["optimizer_states"][0]["state"][0]["exp_avg"], torch.Tensor)
+    assert list(open_checkpoint(path)) == ["resampler.w"]
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_naming_the_global(tmp_path, monkeypatch):
+    from streamingt2v.convert import open_checkpoint
+
+    marker = tmp_path / "ran"
+    path = _lightning_checkpoint(
+        tmp_path / "trap.ckpt", tmp_path, monkeypatch, {"trap": _Boom(marker)}
+    )
+    with pytest.raises(ModelLoadError) as refused:
+        open_checkpoint(path)
+    message = str(refused.value)
+    assert "posix.system" in message and "argparse.Namespace" in message
+    assert "nothing from the file was run" in message and "weights_only=False" in message
+    assert not marker.exists()  # os.system never ran
+
+
+def test_unreadable_checkpoints_are_clear_errors(tmp_path, monkeypatch):
+    from streamingt2v.convert import open_checkpoint
+
+    path = _lightning_checkpoint(tmp_path / "t.ckpt", tmp_path, monkeypatch)
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ModelLoadError, match="corrupt or truncated"):
+        open_checkpoint(path)
+    torch.save({"epoch": 1, "loops": {}}, path)  # no state_dict: read as a bare one
+    with pytest.raises(ModelLoadError, match=r"not tensors: \['epoch', 'loops'\]"):
+        open_checkpoint(path)

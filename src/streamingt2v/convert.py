@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import pickletools
 import re
 import shutil
 import tempfile
@@ -33,6 +35,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import UNet3DConditionModel
@@ -86,17 +89,99 @@ class ConversionReport:
         }
 
 
+def pickle_globals(path: Path) -> list[str]:
+    """Every global ("module.name") the checkpoint's pickle refers to, read with
+    ``pickletools`` without executing anything. Empty for a file that is not torch's zip
+    format (its legacy format is left to ``torch.load(weights_only=True)``)."""
+    if not zipfile.is_zipfile(path):
+        return []
+    with zipfile.ZipFile(path) as archive:
+        name = next((n for n in archive.namelist() if n.endswith("/data.pkl")), None)
+        if name is None:
+            return []
+        data = archive.read(name)
+    found, strings, memo = [], [], {}
+    for op, arg, _ in pickletools.genops(data):
+        if op.name in ("GLOBAL", "INST"):
+            found.append(arg.replace(" ", "."))
+        elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+            found.append(f"{strings[-2]}.{strings[-1]}")
+        if isinstance(arg, str) and "UNICODE" in op.name:
+            strings.append(arg)
+        elif op.name in ("BINPUT", "LONG_BINPUT", "PUT") and strings:
+            memo[arg] = strings[-1]
+        elif op.name == "MEMOIZE" and strings:
+            memo[len(memo)] = strings[-1]
+        elif op.name in ("BINGET", "LONG_BINGET", "GET") and arg in memo:
+            strings.append(memo[arg])
+    return list(dict.fromkeys(found))
+
+
+def _stand_in(name: str) -> type:
+    """A harmless class that takes the place of a global the safe unpickler refuses: it
+    accepts whatever the pickle hands it and runs none of the original's code."""
+
+    def __init__(self, *args, **kwargs):  # a refused function "called" makes one of these
+        self.__dict__["pickled_args"] = (args, kwargs)
+
+    def __setstate__(self, state):
+        self.__dict__["pickled_state"] = state
+
+    methods = {"__init__": __init__, "__setstate__": __setstate__, "__module__": __name__}
+    return type(f"StandIn[{name}]", (), methods)
+
+
+def load_weights_only(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)``, memory-mapped, never running pickled code.
+
+    A Lightning training checkpoint also pickles its hyper-parameters (``argparse.Namespace``,
+    ``AttributeDict``) and loop state, which the safe unpickler refuses. Every global it would
+    refuse is listed first (``pickle_globals``) and replaced by a stand-in class (a dict
+    where the pickle fills one): the tensors load, the original classes never run. If the
+    load still fails, the error names the globals and what the user can do.
+    """
+    from torch._weights_only_unpickler import _get_allowed_globals
+
+    refused = [g for g in pickle_globals(path) if g not in _get_allowed_globals() and "." in g]
+    stand_ins = {name: _stand_in(name) for name in refused}
+    mmap = zipfile.is_zipfile(path)  # torch's zip format maps; the legacy format cannot
+    for _ in range(len(refused) + 1):
+        substitutes = [(cls, name) for name, cls in stand_ins.items()]
+        try:
+            with torch.serialization.safe_globals(substitutes):
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except pickle.UnpicklingError as err:
+            # The safe unpickler fills only real dicts: a dict subclass stands in as a dict.
+            needs_dict = re.search(
+                r"SETITEMS for .* but got <class '.*StandIn\[(.+?)\]'>", str(err)
+            )
+            if needs_dict is None or stand_ins.get(needs_dict[1]) is dict:
+                raise ModelLoadError(_refused_message(path, refused, err)) from err
+            stand_ins[needs_dict[1]] = dict
+        except Exception as err:  # torch raises many types for a truncated or foreign file
+            raise ModelLoadError(
+                f"cannot read checkpoint {path} (corrupt or truncated?): {err}"
+            ) from err
+    raise ModelLoadError(_refused_message(path, refused, None))
+
+
+def _refused_message(path: Path, refused: list[str], err: Exception | None) -> str:
+    listed = ", ".join(refused) or "none found by the scan"
+    detail = str(err).splitlines()[-3:] if err else []
+    return (
+        f"cannot read {path} safely: its pickle refers to globals that a weights-only load "
+        f"does not allow ({listed}); nothing from the file was run. If you trust the file, "
+        'save its state_dict alone once and convert that file: python -c "import torch; '
+        f"torch.save(torch.load('{path}', weights_only=False)['state_dict'], "
+        f"'{path.with_suffix('.state_dict.pt')}')\". " + " ".join(d.strip() for d in detail)
+    ).strip()
+
+
 def open_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """The checkpoint's ``state_dict``, memory-mapped, loaded with ``weights_only=True``."""
+    """The checkpoint's ``state_dict``, memory-mapped, read with ``load_weights_only``."""
     if not path.is_file():
         raise ModelLoadError(f"checkpoint not found: {path}")
-    try:
-        mmap = zipfile.is_zipfile(path)  # torch's zip format maps; the legacy format cannot
-        data = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as err:  # torch raises many types for a truncated or foreign file
-        raise ModelLoadError(
-            f"cannot read checkpoint {path} (corrupt or truncated?): {err}"
-        ) from err
+    data = load_weights_only(path)
     state = data.get("state_dict", data) if isinstance(data, dict) else None
     if not isinstance(state, dict) or not state:
         raise ModelLoadError(f"{path} has no state_dict of tensors")
