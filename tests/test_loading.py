@@ -106,3 +106,51 @@ def test_corrupt_config_is_a_clear_error(tiny_model_dir, tmp_path):
     (model / "pipeline_config.json").write_text("{not json")
     with pytest.raises(ModelLoadError, match="pipeline_config.json"):
         StreamingT2VPipeline.from_pretrained(model)
+
+
+MODELSCOPE_REPO = [  # the files of the ModelScope text-to-video repository on the hub
+    ".gitattributes", "README.md", "model_index.json", "scheduler/scheduler_config.json",
+    "text_encoder/config.json", "text_encoder/model.safetensors",
+    "text_encoder/model.fp16.safetensors", "text_encoder/pytorch_model.bin",
+    "text_encoder/pytorch_model.fp16.bin", "tokenizer/merges.txt",
+    "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
+    "tokenizer/vocab.json", "unet/config.json", "unet/diffusion_pytorch_model.bin",
+    "unet/diffusion_pytorch_model.fp16.bin", "unet/diffusion_pytorch_model.safetensors",
+    "unet/diffusion_pytorch_model.fp16.safetensors", "vae/config.json",
+    "vae/diffusion_pytorch_model.bin", "vae/diffusion_pytorch_model.fp16.bin",
+    "vae/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.fp16.safetensors",
+]  # fmt: skip
+OPENCLIP_H_REPO = [  # OpenCLIP ViT-H-14: four copies of the 3.9 GB weights
+    ".gitattributes", "README.md", "config.json", "merges.txt", "open_clip_config.json",
+    "open_clip_model.safetensors", "open_clip_pytorch_model.bin", "model.safetensors",
+    "preprocessor_config.json", "pytorch_model.bin", "special_tokens_map.json",
+    "tokenizer.json", "tokenizer_config.json", "vocab.json",
+]  # fmt: skip
+
+
+def test_hub_downloads_fetch_only_the_files_the_loaders_read(monkeypatch, tmp_path):
+    import huggingface_hub
+    from huggingface_hub.utils import filter_repo_objects
+
+    from streamingt2v.models.weights import HUB_FILES, local_model_folder
+
+    asked = {}
+
+    def fake_download(repo_id, allow_patterns=None, **kwargs):
+        asked[repo_id] = allow_patterns
+        return str(tmp_path)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    assert local_model_folder("org/model") == tmp_path
+    assert asked["org/model"] == list(HUB_FILES)
+    fetched = set(filter_repo_objects(MODELSCOPE_REPO, allow_patterns=list(HUB_FILES)))
+    weights = {f for f in fetched if not f.endswith((".json", ".txt"))}
+    assert weights == {
+        "text_encoder/model.safetensors",
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+    }
+    assert {"tokenizer/merges.txt", "tokenizer/vocab.json", "model_index.json"} <= fetched
+    clip = set(filter_repo_objects(OPENCLIP_H_REPO, allow_patterns=list(HUB_FILES)))
+    assert {f for f in clip if not f.endswith((".json", ".txt"))} == {"model.safetensors"}
+    assert "preprocessor_config.json" in clip and "config.json" in clip

@@ -136,6 +136,24 @@ def load_diffusers(cls, folder: Path, dtype: torch.dtype | None = None):
 
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+# What a download fetches of a hub repository: the files this library reads (configs,
+# tokenizer files, full-precision safetensors weights, sharded or not) and none of the
+# pickled, fp16 or framework-specific copies that the big repositories also hold (tens of
+# GB for ModelScope's and OpenCLIP-H's). Patterns as huggingface_hub matches them (fnmatch,
+# "*" crossing folders).
+HUB_FILES = (
+    "*.json",
+    "*.txt",
+    "*.model",
+    "diffusion_pytorch_model.safetensors",
+    "*/diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model-*-of-*.safetensors",
+    "*/diffusion_pytorch_model-*-of-*.safetensors",
+    "model.safetensors",
+    "*/model.safetensors",
+    "model-*-of-*.safetensors",
+    "*/model-*-of-*.safetensors",
+)
 
 
 def local_model_folder(spec: str | Path) -> Path:
@@ -149,7 +167,7 @@ def local_model_folder(spec: str | Path) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(str(spec)))
+        return Path(snapshot_download(str(spec), allow_patterns=list(HUB_FILES)))
     except Exception as err:  # offline, unknown repo, gated repo, interrupted download
         raise UsageError(
             f"model folder not found: {spec}, and it could not be fetched from the Hugging "
