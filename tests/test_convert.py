@@ -112,6 +112,13 @@ def test_converted_pipeline_equals_the_source_modules(official, modelscope_dir, 
         assert torch.equal(pipe.unet.state_dict()[key], value)
     saved = json.loads((out / "conversion_report.json").read_text())
     assert saved["mapped"] == report.mapped
+    # the official stage settings are the converted folder's defaults
+    sample = pipe.config.sample
+    assert (sample.scheduler, sample.guidance, sample.negative_prompt_of(0)) == ("dpm", 9.0, "")
+    assert (sample.scheduler_of(1), sample.chunk_guidance, sample.eta) == ("ddim", 7.5, 1.0)
+    assert sample.first_chunk_negative_prompt is False and sample.steps == 50
+    written = json.loads((out / "pipeline_config.json").read_text())["sample"]
+    assert written["stream_scheduler"] == "ddim" and written["guidance"] == 9.0
 
 
 def test_large_streaming_unet_is_written_in_shards_that_load(official, modelscope_dir, tmp_path):

@@ -207,3 +207,34 @@ def test_baselines_and_ablations_change_what_they_should(trained_like_pipe):
     )
     with pytest.raises(UsageError, match="unknown method 'conc-cond'"):
         pipe.request(prompt, 32, method="conc-cond")  # a trained baseline, not built yet
+
+
+def test_stage_settings_choose_each_chunks_sampler_and_negative_prompt(trained_like_pipe):
+    """The official split: the first chunk by DPM-Solver++ without the negative prompt, the
+    streaming chunks by DDIM with it. Chunk 0 of such a run equals a DPM run without a
+    negative prompt; chunk 1 equals a DDIM run's chunk 1 made from the same first chunk."""
+    import dataclasses
+
+    from streamingt2v.streaming import stream
+
+    pipe = trained_like_pipe
+    split = dataclasses.replace(
+        pipe.config.sample,
+        steps=3,
+        scheduler="dpm",
+        stream_scheduler="ddim",
+        negative_prompt="blurry",
+        first_chunk_negative_prompt=False,
+    )
+    video = list(stream(pipe, Request("a red circle", 24, 5, split, pipe.frame_size)))
+    dpm_plain = dataclasses.replace(split, stream_scheduler=None, negative_prompt="")
+    first = list(stream(pipe, Request("a red circle", 16, 5, dpm_plain, pipe.frame_size)))
+    assert np.array_equal(video[0].frames, first[0].frames)
+    ddim = dataclasses.replace(split, scheduler="ddim", stream_scheduler=None)
+    ddim = dataclasses.replace(ddim, first_chunk_negative_prompt=True)
+    frames = video[0].frames
+    again = regenerate_chunk(
+        pipe, Request("a red circle", 24, 5, ddim, pipe.frame_size), 1, frames[-8:], frames[0]
+    )
+    assert np.array_equal(video[1].frames, again)
+    assert split.scheduler_of(0) == "dpm" and split.scheduler_of(3) == "ddim"

@@ -158,6 +158,12 @@ class SampleConfig:
     # latents, noised to each step (sampling.sample's ``known``). Not in the paper or the
     # official code, whose chunks see their conditioning frames through the CAM only.
     replace_overlap: bool = False
+    # The streaming chunks' sampler; None: ``scheduler``. The official code samples the first
+    # chunk with DPM-Solver++ and the streaming chunks with DDIM (eta 1).
+    stream_scheduler: str | None = None
+    # Whether the first chunk's guidance uses ``negative_prompt`` too. The official code
+    # passes it to the streaming chunks only (its first chunk has none).
+    first_chunk_negative_prompt: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
@@ -165,8 +171,9 @@ class SampleConfig:
         check_guidance(self.guidance)
         if self.stream_guidance is not None:
             check_guidance(self.stream_guidance, "stream guidance")
-        if self.scheduler not in SCHEDULERS:
-            raise UsageError(f"unknown scheduler {self.scheduler!r}; choose one of {SCHEDULERS}")
+        for scheduler in (self.scheduler, self.stream_scheduler):
+            if scheduler is not None and scheduler not in SCHEDULERS:
+                raise UsageError(f"unknown scheduler {scheduler!r}; choose one of {SCHEDULERS}")
         if not 0.0 <= self.eta <= 1.0:
             raise UsageError(f"eta must be in [0, 1], got {self.eta!r}")
 
@@ -177,6 +184,18 @@ class SampleConfig:
                 f"steps must be at most {max_steps} (the model's schedule has {max_steps} "
                 f"timesteps), got {self.steps}"
             )
+
+    def scheduler_of(self, chunk: int) -> str:
+        """The sampler of chunk ``chunk`` (0: the first chunk)."""
+        if chunk == 0 or self.stream_scheduler is None:
+            return self.scheduler
+        return self.stream_scheduler
+
+    def negative_prompt_of(self, chunk: int) -> str:
+        """The negative prompt of chunk ``chunk``'s guidance."""
+        if chunk == 0 and not self.first_chunk_negative_prompt:
+            return ""
+        return self.negative_prompt
 
     @property
     def chunk_guidance(self) -> float:

@@ -48,6 +48,7 @@ from .config import (
     CamConfig,
     ModelLoadError,
     PipelineConfig,
+    SampleConfig,
     StreamConfig,
     UsageError,
     config_to_dict,
@@ -66,6 +67,19 @@ MIXER_PARAMS = ("conv.weight", "conv.bias", "conv_ln.weight", "conv_ln.bias", "a
 FROZEN_PREFIXES = ("vae.", "text_encoder.", "image_encoder.", "clip_model.")
 UNET_SHARDS = "diffusion_pytorch_model.safetensors.index.json"
 BASE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+# The official stage settings, a converted folder's defaults: the first chunk with
+# DPM-Solver++ (order 2, midpoint) at guidance 9.0 (diffusers' default: the authors pass
+# none) and no negative prompt; the streaming chunks with DDIM, eta 1, guidance 7.5 and the
+# negative prompt; 50 steps each.
+OFFICIAL_SAMPLE = SampleConfig(
+    steps=50,
+    guidance=9.0,
+    scheduler="dpm",
+    eta=1.0,
+    stream_guidance=7.5,
+    stream_scheduler="ddim",
+    first_chunk_negative_prompt=False,
+)
 
 
 @dataclass
@@ -456,7 +470,10 @@ def convert_official(
         _write_module(tmp / "cam", routed["cam"], cam_config, dtype)
         apm_config = config_to_dict(layout.apm_config) | {"num_layers": len(layout.apm.mixers)}
         _write_module(tmp / "apm", routed["apm"], apm_config, dtype)
-        config = PipelineConfig(stream=StreamConfig(text_tokens=layout.apm_config.text_tokens))
+        config = PipelineConfig(
+            stream=StreamConfig(text_tokens=layout.apm_config.text_tokens),
+            sample=OFFICIAL_SAMPLE,
+        )
         (tmp / "pipeline_config.json").write_text(json.dumps(config.to_dict(), indent=2))
         index = {"_class_name": "StreamingT2VPipeline", "_streamingt2v_version": __version__}
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2))

@@ -14,6 +14,7 @@ the chunk loop lives in ``streaming``, the sampler in ``sampling``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterator
@@ -31,7 +32,6 @@ from .config import (
     CamConfig,
     ModelLoadError,
     PipelineConfig,
-    SampleConfig,
     StreamConfig,
     UsageError,
     config_from_dict,
@@ -337,21 +337,17 @@ class StreamingT2VPipeline:
     ) -> Request:
         """A validated Request; unset settings take the model's defaults (size included: any
         height and width that are multiples of the VAE's factor)."""
-        defaults = self.config.sample
-        sample_config = SampleConfig(
-            steps=defaults.steps if steps is None else steps,
-            guidance=defaults.guidance if guidance is None else guidance,
-            scheduler=defaults.scheduler if scheduler is None else scheduler,
-            eta=defaults.eta,
-            negative_prompt=defaults.negative_prompt
-            if negative_prompt is None
-            else negative_prompt,
-            stream_guidance=defaults.stream_guidance
-            if stream_guidance is None
-            else stream_guidance,
-            replace_overlap=defaults.replace_overlap
-            if replace_overlap is None
-            else replace_overlap,
+        overrides = dict(
+            steps=steps,
+            guidance=guidance,
+            scheduler=scheduler,
+            negative_prompt=negative_prompt,
+            stream_guidance=stream_guidance,
+            replace_overlap=replace_overlap,
+        )
+        # The folder's settings, each one the caller set replaced (validated anew).
+        sample_config = dataclasses.replace(
+            self.config.sample, **{k: v for k, v in overrides.items() if v is not None}
         )
         native = self.frame_size
         size = (native[0] if height is None else height, native[1] if width is None else width)

@@ -30,9 +30,13 @@ def max_steps(scheduler_config: dict[str, Any]) -> int:
     return int(scheduler_config.get("num_train_timesteps", 1000))
 
 
-def make_scheduler(config: SampleConfig, scheduler_config: dict[str, Any]) -> SchedulerMixin:
-    """A fresh scheduler (they hold per-run state) with ``config.steps`` timesteps set."""
-    if config.scheduler == "ddim":
+def make_scheduler(
+    config: SampleConfig, scheduler_config: dict[str, Any], chunk: int = 0
+) -> SchedulerMixin:
+    """A fresh scheduler (they hold per-run state) for chunk ``chunk`` (its sampler:
+    ``config.scheduler_of``) with ``config.steps`` timesteps set. DPM-Solver++ is diffusers'
+    multistep solver of order 2 with midpoint updates, as the official first chunk."""
+    if config.scheduler_of(chunk) == "ddim":
         scheduler = DDIMScheduler.from_config(scheduler_config)
     else:
         scheduler = DPMSolverMultistepScheduler.from_config(

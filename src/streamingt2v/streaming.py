@@ -114,7 +114,7 @@ def generate_chunk(
     shape = pipe.latent_shape(stream.chunk_frames, request.size)
     noise = torch.randn(shape, generator=generator)
     noise = noise.to(device=pipe.device, dtype=pipe.dtype)  # (1, C, F, h, w)
-    scheduler = make_scheduler(request.sample, pipe.scheduler_config)
+    scheduler = make_scheduler(request.sample, pipe.scheduler_config, index)
     known = None
     if index == 0 or request.method == "independent":
         pipe.use_base()
@@ -162,7 +162,7 @@ def regenerate_chunk(
     (F_new, H, W, 3) uint8: equal to that chunk inside the full run.
     """
     with torch.inference_mode():
-        context = pipe.encode_prompt(request.prompt, request.sample.negative_prompt)
+        context = chunk_contexts(pipe, request)[min(index, 1)]
         cond = embeds = None
         if index > 0:
             if cond_frames is None or anchor is None:
@@ -171,6 +171,17 @@ def regenerate_chunk(
             embeds = pipe.encode_anchor(pipe.to_model_frames(anchor[None], request.size)[:, :, 0])
         frames = generate_chunk(pipe, request, index, context, cond, embeds)
     return to_uint8_fhwc(frames[0])
+
+
+def chunk_contexts(pipe: StreamingT2VPipeline, request: Request) -> list[torch.Tensor]:
+    """[the first chunk's, the streaming chunks'] text contexts (2, T, D) as [negative,
+    prompt]: they differ where the first chunk's guidance has no negative prompt
+    (``SampleConfig.first_chunk_negative_prompt``, the official setting)."""
+    sample = request.sample
+    streaming = pipe.encode_prompt(request.prompt, sample.negative_prompt_of(1))
+    if sample.negative_prompt_of(0) == sample.negative_prompt_of(1):
+        return [streaming, streaming]
+    return [pipe.encode_prompt(request.prompt, sample.negative_prompt_of(0)), streaming]
 
 
 def stream(
@@ -187,12 +198,13 @@ def stream(
     stream_cfg = pipe.config.stream
     total = chunk_count(request.num_frames, stream_cfg)
     with torch.inference_mode():
-        context = pipe.encode_prompt(request.prompt, request.sample.negative_prompt)
+        contexts = chunk_contexts(pipe, request)
     made = 0
     cond = embeds = None
     for index in tqdm(range(total), desc="chunks", disable=not progress):
         started = time.perf_counter()
         with torch.inference_mode():
+            context = contexts[min(index, 1)]
             decoded = generate_chunk(pipe, request, index, context, cond, embeds, progress)
             frames = to_uint8_fhwc(decoded[0])  # (F_new, H, W, 3)
             if index == 0 and total > 1:
