@@ -9,10 +9,14 @@ model-free checks, in about a minute on 2 cores:
   rung 1  appearance: text -> one frame from the base UNet alone (F = 1), sampled for
           held-out draws of the world's captions. Gate: colour >= 95%, background >= 98%,
           shape >= 90%.
+  rung 2  motion in the first chunk: text -> 16 frames, for held-out captions with straight
+          motions (and bouncing, circling). Gate: direction >= 90% of 8-frame windows on the
+          straight motions, colour and shape held (rung 1's figures over all frames).
 
     python benchmarks/ladder.py rung0 --vae DIR [--object-size 0.3]
     python benchmarks/ladder.py rung1 --unet DIR --vae DIR [--guidance G] [--steps N]
     python benchmarks/ladder.py rung1 --run RUN_DIR --vae DIR   # a run's latest checkpoint (EMA)
+    python benchmarks/ladder.py rung2 --run RUN_DIR --vae DIR [--count 24]
 
 Each prints one JSON line (add ``--out FILE`` to append it to a JSON-lines file), so a run's
 learning curve is the ladder measured on its checkpoints.
@@ -94,6 +98,76 @@ def rung0(vae_dir: Path, object_size: float, count: int) -> dict:
     }
 
 
+def load_unet(path: Path):
+    """A UNet folder, or a run folder's latest checkpoint (its EMA weights)."""
+    from diffusers import UNet3DConditionModel
+
+    from streamingt2v.models.weights import load_diffusers
+
+    if (path / "checkpoint").is_dir():
+        return checkpoint_unet(path).eval()
+    return load_diffusers(UNet3DConditionModel, path).eval()
+
+
+@torch.no_grad()
+def sample_clips(unet, vae, captions: list[str], frames: int, guidance: float, steps: int,
+                 scheduler: str) -> np.ndarray:  # fmt: skip
+    """(B, F, 32, 32, 3) uint8: the base UNet's text -> video for ``captions`` (seed 1)."""
+    from streamingt2v.config import SampleConfig
+    from streamingt2v.sampling import make_scheduler, sample, text_denoiser
+    from streamingt2v.training.stages import WORLD_SCHEDULER, minilm
+
+    text = minilm()
+    context = torch.cat([text([""] * len(captions)), text(captions)])  # (2B, T, D)
+    side = 32 // 2 ** (len(vae.config.block_out_channels) - 1)
+    generator = torch.Generator().manual_seed(1)
+    shape = (len(captions), vae.config.latent_channels, frames, side, side)
+    noise = torch.randn(shape, generator=generator)
+    config = SampleConfig(steps=steps, guidance=guidance, scheduler=scheduler)
+    latents = sample(
+        text_denoiser(unet, context, guidance),
+        noise,
+        make_scheduler(config, WORLD_SCHEDULER),
+        generator,
+    )  # (B, C, F, h, w)
+    z = latents.permute(0, 2, 1, 3, 4).flatten(0, 1) / vae.config.scaling_factor  # (B*F, C, h, w)
+    return to_uint8(vae.decode(z).sample).reshape(len(captions), frames, 32, 32, 3)
+
+
+@torch.no_grad()
+def rung2(run: Path, vae_dir: Path, object_size: float, count: int, guidance: float,
+          steps: int, scheduler: str) -> dict:  # fmt: skip
+    from diffusers import AutoencoderKL
+
+    from streamingt2v.metrics.world_checks import check_video
+    from streamingt2v.models.weights import load_diffusers
+
+    unet = load_unet(run)
+    vae = load_diffusers(AutoencoderKL, vae_dir).eval()
+    rng = rng_for("ladder", 2, 0)
+    motions = ["moving left", "moving right", "moving up", "moving down"]
+    captions = [
+        sample_params(rng, object_size, motion=motions[i % 4]).caption for i in range(count)
+    ]
+    started = time.perf_counter()
+    videos = sample_clips(unet, vae, captions, 16, guidance, steps, scheduler)
+    reports = [check_video(v, parse_caption(c)) for v, c in zip(videos, captions, strict=True)]
+    directions = [r.direction_right for r in reports if r.direction_right is not None]
+    return {
+        "rung": 2,
+        "unet": str(run),
+        "step": getattr(unet, "ladder_step", None),
+        "guidance": guidance,
+        "steps": steps,
+        "videos": count,
+        "seconds": round(time.perf_counter() - started, 1),
+        "colour": float(np.mean([r.colour_right for r in reports])),
+        "background": float(np.mean([r.background_right for r in reports])),
+        "shape": float(np.mean([r.shape_right for r in reports])),
+        "direction": float(np.mean(directions)) if directions else None,
+    }
+
+
 @torch.no_grad()
 def rung1(
     unet_dir: Path,
@@ -104,36 +178,15 @@ def rung1(
     steps: int,
     scheduler: str,
 ) -> dict:
-    from diffusers import AutoencoderKL, UNet3DConditionModel
+    from diffusers import AutoencoderKL
 
-    from streamingt2v.config import SampleConfig
     from streamingt2v.models.weights import load_diffusers
-    from streamingt2v.sampling import make_scheduler, sample, text_denoiser
-    from streamingt2v.training.stages import WORLD_SCHEDULER, minilm
 
-    unet = (
-        checkpoint_unet(unet_dir)
-        if (unet_dir / "checkpoint").is_dir()
-        else load_diffusers(UNet3DConditionModel, unet_dir)
-    ).eval()
+    unet = load_unet(unet_dir)
     vae = load_diffusers(AutoencoderKL, vae_dir).eval()
-    text = minilm()
     captions = [caption for caption, _ in world_frames(1, count, object_size)]
-    context = torch.cat([text([""] * count), text(captions)])  # (2B, T, D) [negative, prompt]
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    side = 32 // factor
-    generator = torch.Generator().manual_seed(1)
-    noise = torch.randn((count, vae.config.latent_channels, 1, side, side), generator=generator)
-    config = SampleConfig(steps=steps, guidance=guidance, scheduler=scheduler)
     started = time.perf_counter()
-    latents = sample(
-        text_denoiser(unet, context, guidance),
-        noise,
-        make_scheduler(config, WORLD_SCHEDULER),
-        generator,
-    )  # (B, C, 1, h, w)
-    z = latents[:, :, 0] / vae.config.scaling_factor  # (B, C, h, w)
-    frames = to_uint8(vae.decode(z).sample)
+    frames = sample_clips(unet, vae, captions, 1, guidance, steps, scheduler)[:, 0]
     return {
         "rung": 1,
         "unet": str(unet_dir),
@@ -175,7 +228,13 @@ def main() -> None:
     r1.add_argument("--guidance", type=float, default=2.0)
     r1.add_argument("--steps", type=int, default=20)
     r1.add_argument("--scheduler", default="dpm")
-    for p in (r0, r1):
+    r2 = sub.add_parser("rung2", help="text -> 16 frames: motion")
+    r2.add_argument("--run", type=Path, required=True, help="a UNet folder or a run folder")
+    r2.add_argument("--vae", type=Path, required=True)
+    r2.add_argument("--guidance", type=float, default=2.0)
+    r2.add_argument("--steps", type=int, default=20)
+    r2.add_argument("--scheduler", default="dpm")
+    for p in (r0, r1, r2):
         p.add_argument("--object-size", type=float, default=SIZE)
         p.add_argument("--count", type=int, default=96, help="held-out frames")
         p.add_argument("--out", type=Path, default=None, help="append the result (JSON lines)")
@@ -183,6 +242,11 @@ def main() -> None:
     torch.manual_seed(0)
     if args.rung == "rung0":
         result = rung0(args.vae, args.object_size, args.count)
+    elif args.rung == "rung2":
+        count = 24 if args.count == 96 else args.count  # 16-frame clips: fewer
+        result = rung2(
+            args.run, args.vae, args.object_size, count, args.guidance, args.steps, args.scheduler
+        )
     else:
         result = rung1(
             args.run or args.unet,
