@@ -238,3 +238,35 @@ def test_stage_settings_choose_each_chunks_sampler_and_negative_prompt(trained_l
     )
     assert np.array_equal(video[1].frames, again)
     assert split.scheduler_of(0) == "dpm" and split.scheduler_of(3) == "ddim"
+
+
+def test_streaming_stage_in_its_own_precision(tmp_path):
+    """stream_dtype: the first chunk in the pipeline's half precision, the streaming UNet,
+    CAM and APM in float32 (their inputs cast to it). Chunk 0 equals an all-half run's."""
+    import copy
+    import dataclasses
+
+    from streamingt2v import StreamingT2VPipeline
+
+    folder = tmp_path / "model"
+    pipe = random_pipeline("tiny", seed=0)
+    pipe.stream_unet = copy.deepcopy(pipe.unet)  # a folder with its own stream_unet/
+    pipe.apm.attach(pipe.stream_unet)
+    pipe.config = dataclasses.replace(pipe.config, stream_dtype="float32")
+    pipe.save_pretrained(folder)
+    half, full = torch.bfloat16, torch.float32
+    mixed = StreamingT2VPipeline.from_pretrained(folder, dtype=half, stream_dtype=full)
+    assert (mixed.dtype, mixed.stream_dtype) == (half, full)
+    assert mixed.cam.controlnet_cond_embedding.conv_in.weight.dtype == full
+    assert mixed.apm.mixers[0].conv.weight.dtype == full
+    seen = {"base": set(), "stream": set()}
+    for name, unet in (("base", mixed.unet), ("stream", mixed.stream_unet)):
+        unet.conv_in.register_forward_hook(
+            lambda module, args, out, name=name: seen[name].add(args[0].dtype)
+        )
+    video = mixed("a red circle", 24, seed=3, steps=2)
+    assert seen == {"base": {half}, "stream": {full}}
+    all_half = StreamingT2VPipeline.from_pretrained(folder, dtype=half)
+    assert np.array_equal(video.frames[:16], all_half("a red circle", 16, seed=3, steps=2).frames)
+    with pytest.raises(Exception, match="own stream_unet"):
+        random_pipeline("tiny", seed=0).to("cpu", half, full)

@@ -81,7 +81,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--dtype",
         default="auto",
         choices=["auto", "float32", "float16", "bfloat16"],
-        help="weights' precision (default: float16 on CUDA, float32 on CPU)",
+        help="weights' precision (default: float16 on CUDA, float32 on CPU; a model folder's "
+        "stream_dtype, e.g. float32 for a converted official checkpoint, then keeps the "
+        "streaming stage in that precision)",
     )
     parser.add_argument(
         "--offload",

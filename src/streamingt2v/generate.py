@@ -34,7 +34,7 @@ from .enhancer import Enhancer
 from .enhancer import settings as enhance_settings
 from .models.weights import local_model_folder
 from .offload import Offloader
-from .pipeline import StreamingT2VPipeline
+from .pipeline import StreamingT2VPipeline, read_pipeline_config
 from .plan import Plan, make_plan
 from .sampling import max_steps
 from .streaming import Request
@@ -252,7 +252,13 @@ def _load_run(config: GenerateConfig):
     model_dir = resolve_model_dir(config.model)
     device, dtype = resolve_device(config.device, config.dtype)
     load_on = torch.device("cpu") if config.offload else device
-    pipe = StreamingT2VPipeline.from_pretrained(model_dir, device=load_on, dtype=dtype)
+    stream_dtype = None  # the folder's streaming precision applies unless --dtype is given
+    wanted = read_pipeline_config(model_dir).stream_dtype
+    if config.dtype == "auto" and wanted and DTYPES[wanted] != dtype:
+        stream_dtype = DTYPES[wanted]
+    pipe = StreamingT2VPipeline.from_pretrained(
+        model_dir, device=load_on, dtype=dtype, stream_dtype=stream_dtype
+    )
     if config.offload:
         pipe.enable_offload(device)
     enhancer = None
@@ -505,6 +511,7 @@ def _manifest_head(config, request, pipe, model_dir, fps, device, dtype) -> dict
         "model": {"path": str(model_dir), "files": file_hashes(model_dir)},
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
+        "stream_dtype": str(pipe.stream_dtype).removeprefix("torch."),
         "extra": config.extra,
         "enhance": None,
         "chunks": [],

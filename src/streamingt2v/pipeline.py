@@ -173,12 +173,14 @@ class StreamingT2VPipeline:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         text_encoder: nn.Module | None = None,
+        stream_dtype: torch.dtype | None = None,
     ) -> StreamingT2VPipeline:
         """Load a pipeline folder (or a ModelScope diffusers folder, as a base-only pipeline).
 
         Every component is loaded strictly: missing or unexpected weights raise a
         ModelLoadError that names them. ``text_encoder`` replaces the folder's (e.g. a
-        ``PromptTable`` where the encoder's package is not installed).
+        ``PromptTable`` where the encoder's package is not installed). ``stream_dtype``: the
+        streaming stage's precision when it differs from ``dtype`` (``to``).
         """
         root = Path(path)
         if not root.is_dir():
@@ -205,7 +207,7 @@ class StreamingT2VPipeline:
         pipe = cls(
             unet, vae, text_encoder, scheduler_config, config, stream_unet, cam, apm, image_encoder
         )
-        return pipe.to(device, dtype)
+        return pipe.to(device, dtype, stream_dtype)
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write the pipeline folder (safetensors weights, JSON configs)."""
@@ -231,14 +233,34 @@ class StreamingT2VPipeline:
         index = {"_class_name": "StreamingT2VPipeline", "_streamingt2v_version": __version__}
         (root / "model_index.json").write_text(json.dumps(index, indent=2))
 
-    def to(self, device: str | torch.device, dtype: torch.dtype | None = None):
+    def to(
+        self,
+        device: str | torch.device,
+        dtype: torch.dtype | None = None,
+        stream_dtype: torch.dtype | None = None,
+    ):
+        """Move every model to ``device`` and cast it to ``dtype``; with ``stream_dtype``, the
+        streaming stage (its own UNet, CAM, APM, image encoder) gets that precision instead
+        (``PipelineConfig.stream_dtype``)."""
+        streaming = self._streaming_modules()
+        if stream_dtype is not None and streaming and self.stream_unet is self.unet:
+            raise ModelLoadError(
+                "a separate streaming precision needs the folder's own stream_unet/ (the "
+                "streaming chunks here use the base UNet)"
+            )
         for module in self._modules():
+            cast = stream_dtype if stream_dtype is not None and module in streaming else dtype
             # Re-casting a diffusers model to the dtype it has only prints warnings; a module
             # without parameters (a PromptTable) keeps its dtype.
             first = next(module.parameters(), None)
-            same = dtype is None or first is None or first.dtype == dtype
-            module.to(device=device) if same else module.to(device=device, dtype=dtype)
+            same = cast is None or first is None or first.dtype == cast
+            module.to(device=device) if same else module.to(device=device, dtype=cast)
         return self
+
+    def _streaming_modules(self) -> list[nn.Module]:
+        if self.cam is None:
+            return []
+        return [self.stream_unet, self.cam, self.apm, self.image_encoder]
 
     def _modules(self):
         modules = [self.unet, self.stream_unet, self.vae, self.text_encoder]
@@ -252,7 +274,13 @@ class StreamingT2VPipeline:
 
     @property
     def dtype(self) -> torch.dtype:
+        """The first chunk's precision (the base UNet's)."""
         return self.unet.dtype
+
+    @property
+    def stream_dtype(self) -> torch.dtype:
+        """The streaming chunks' precision (their UNet's)."""
+        return self.stream_unet.dtype
 
     @property
     def vae_scale_factor(self) -> int:
@@ -289,7 +317,7 @@ class StreamingT2VPipeline:
         """(2, E) APM embeddings as [all-zeros image, anchor]; frame: (1, 3, H, W) in [-1, 1]."""
         self._require_streaming()
         anchor = self.image_encoder(frame)
-        return torch.cat([self.image_encoder.unconditional(1), anchor]).to(self.dtype)
+        return torch.cat([self.image_encoder.unconditional(1), anchor]).to(self.stream_dtype)
 
     def decode_latents(self, latents: torch.Tensor, frames_per_batch: int = 8) -> torch.Tensor:
         """(1, C, F, h, w) latents -> (1, 3, F, H, W) pixels in [-1, 1], a few frames at a time."""

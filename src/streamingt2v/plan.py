@@ -96,7 +96,7 @@ def make_plan(pipe, request: Request, enhancer=None, enhance: EnhanceConfig | No
         chunks=chunks,
         size=tuple(request.size),
         device=str(device),
-        dtype=str(pipe.dtype).removeprefix("torch."),
+        dtype=_dtype_names(pipe),
     )
     modules = [m for m in pipe._modules()] + ([enhancer.unet, enhancer.vae] if enhancer else [])
     plan.weights_bytes = _weights(*{id(m): m for m in modules}.values())
@@ -117,18 +117,19 @@ def make_plan(pipe, request: Request, enhancer=None, enhance: EnhanceConfig | No
     if chunks > 1:
         height, width = request.size
         frames = torch.zeros(1, 3, stream_cfg.cond_frames, height, width, device=device)
-        embeds = pipe.encode_anchor(frames[:, :, 0].to(pipe.dtype))
+        embeds = pipe.encode_anchor(frames[:, :, 0])
         pipe.use_streaming()
+        dtype = pipe.stream_dtype  # the streaming stage's own precision (stream_dtype)
         denoise = stream_denoiser(
             pipe.stream_unet,
             pipe.cam,
             pipe.apm,
-            context,
+            context.to(dtype),
             embeds,
-            frames.to(pipe.dtype),
-            request.sample.guidance,
+            frames.to(dtype),
+            request.sample.chunk_guidance,  # the streaming chunks' guidance, as the run's
         )
-        step = _timed(lambda: denoise(latents, t), device)
+        step = _timed(lambda: denoise(latents.to(dtype), t), device)
         plan.stages.append(
             Stage("streaming chunks: UNet + CAM + APM step", steps * (chunks - 1), step)
         )
@@ -229,3 +230,9 @@ def format_plan(plan: Plan) -> str:
         "Measured on one evaluation of each kind at these settings; nothing was generated.",
     ]
     return "\n".join(lines)
+
+
+def _dtype_names(pipe) -> str:
+    """ "float16", or "float16 (streaming: float32)" where the stages differ."""
+    base, stream = (str(d).removeprefix("torch.") for d in (pipe.dtype, pipe.stream_dtype))
+    return base if base == stream else f"{base} (streaming: {stream})"

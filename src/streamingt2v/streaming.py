@@ -113,7 +113,10 @@ def generate_chunk(
     generator = torch.Generator("cpu").manual_seed(chunk_seed(request.seed, index))
     shape = pipe.latent_shape(stream.chunk_frames, request.size)
     noise = torch.randn(shape, generator=generator)
-    noise = noise.to(device=pipe.device, dtype=pipe.dtype)  # (1, C, F, h, w)
+    streaming = index > 0 and request.method != "independent"
+    dtype = pipe.stream_dtype if streaming else pipe.dtype
+    noise = noise.to(device=pipe.device, dtype=dtype)  # (1, C, F, h, w)
+    context = context.to(dtype)
     scheduler = make_scheduler(request.sample, pipe.scheduler_config, index)
     known = None
     if index == 0 or request.method == "independent":
