@@ -12,9 +12,10 @@ import torch
 from safetensors.torch import load_file
 
 from streamingt2v.config import UsageError
-from streamingt2v.training.stages import build_stage
+from streamingt2v.training.stages import build_stage, generator_for
 from streamingt2v.training.trainer import TrainConfig, train, trainable
 from streamingt2v.video_io import read_video
+from streamingt2v.world.dataset import clip_batch
 
 SIZE = 16  # tiny frames keep every stage to seconds
 VAE = dict(
@@ -102,6 +103,13 @@ def _configs(inputs, out):
         "vae": _cfg("vae", out, model=VAE),
         "image-encoder": _cfg("image-encoder", out, model=TOWER),
         "base": _cfg("base", out, model=UNET, inputs={"vae": inputs["vae"]}),
+        # single frames alone (appearance), and clips with single frames beside them
+        "base frames": _cfg(
+            "base", out, model=UNET, inputs={"vae": inputs["vae"]}, options={"frames": 1}
+        ),
+        "base joint": _cfg(
+            "base", out, model=UNET, inputs={"vae": inputs["vae"]}, options={"image_batch": 2}
+        ),
         "stream": _stream_cfg(inputs, out),
         # the paper's ablation baselines Add-Cond and Conc-Cond, trained by the same stage
         "stream add-cond": _stream_cfg(inputs, out, merge="add"),
@@ -129,6 +137,8 @@ def _enhancer_cfg(inputs, out, condition, **options):
         "vae",
         "image-encoder",
         "base",
+        "base frames",
+        "base joint",
         "stream",
         "stream add-cond",
         "stream conc-cond",
@@ -416,3 +426,30 @@ def test_degrade_needs_a_conditioned_enhancer(inputs, tmp_path):
             ),
             torch.device("cpu"),
         )
+
+
+def test_joint_image_batch_adds_single_frames_and_leaves_clip_runs_unchanged(inputs, tmp_path):
+    torch.manual_seed(0)
+    cfg = _cfg("base", tmp_path, model=UNET, inputs={"vae": inputs["vae"]})
+    clips = build_stage(cfg, torch.device("cpu"))
+    joint_cfg = _cfg(
+        "base", tmp_path, model=UNET, inputs={"vae": inputs["vae"]}, options={"image_batch": 3}
+    )
+    joint = build_stage(joint_cfg, torch.device("cpu"))
+    joint.module.load_state_dict(clips.module.state_dict())
+    frames = clip_batch(joint.images, 0, 3)["video"]
+    assert frames.shape[1:3] == (3, 1)  # (B, 3, F=1, H, W): single frames
+    batch = clip_batch(clips.data, 0, 2)
+    with torch.no_grad():
+        alone = clips.batch_loss(0, batch)
+        both = joint.batch_loss(0, batch)
+        g = generator_for(joint_cfg, 0)
+        expected = joint._denoising_loss(batch, g) + joint._denoising_loss(
+            clip_batch(joint.images, 0, 3), g
+        )
+    assert torch.equal(both, expected) and not torch.equal(both, alone)
+    assert torch.equal(alone, joint._denoising_loss(batch, generator_for(joint_cfg, 0)))
+    with pytest.raises(UsageError, match="image_batch"):
+        bad = _cfg("base", tmp_path, model=UNET, inputs={"vae": inputs["vae"]},
+                   options={"image_batch": -1})  # fmt: skip
+        build_stage(bad, torch.device("cpu"))

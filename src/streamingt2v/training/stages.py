@@ -391,9 +391,30 @@ class BaseStage(LatentVideoStage):
             if init
             else UNet3DConditionModel(**cfg.model)
         ).to(device)
+        # options.image_batch: single frames added to every step's clips, as ModelScope and
+        # Video LDM train jointly on images and videos, so that learning motion does not
+        # unlearn appearance. Their own stream of world draws; 0 (default): clips alone.
+        self.image_batch = cfg.options.get("image_batch", 0)
+        if not isinstance(self.image_batch, int) or self.image_batch < 0:
+            raise UsageError(
+                f"options.image_batch must be an integer >= 0, got {self.image_batch!r}"
+            )
+        self.images = WorldClips(
+            frames=1,
+            size=cfg.size,
+            max_start=600,
+            seed=cfg.seed + 7919,
+            object_size=self.data.object_size,
+        )
 
     def batch_loss(self, index: int, batch: dict) -> torch.Tensor:
         g = generator_for(self.cfg, index)
+        loss = self._denoising_loss(batch, g)
+        if self.image_batch:  # no extra draws otherwise: earlier runs replay unchanged
+            loss = loss + self._denoising_loss(clip_batch(self.images, index, self.image_batch), g)
+        return loss
+
+    def _denoising_loss(self, batch: dict, g: torch.Generator) -> torch.Tensor:
         z0 = self.encode_video(batch["video"])
         x, target, t = self.noised(z0, g)
         x = self.model_input(x, batch["video"], g)
