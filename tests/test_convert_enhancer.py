@@ -1,0 +1,74 @@
+"""The paper's enhancer (MS-Vid2Vid-XL): its UNet's LDM key names route to diffusers'
+UNet3DConditionModel, for the real key list and for a tiny model in the real key format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import UNet3DConditionModel
+
+from streamingt2v.convert_enhancer import convert_msvid2vid_unet, msvid2vid_unet_key
+from streamingt2v.models.unet import unet_forward
+from streamingt2v.random_models import SCALES, make_unet
+
+KEYS = json.loads((Path(__file__).parent / "data" / "msvid2vid_unet_keys.json").read_text())
+
+
+def test_every_key_of_the_real_unet_routes_with_its_shape():
+    """non_ema_0035000.pth's 1,480 tensors (names and shapes from the authors' classes at
+    full size) on meta tensors against ModelScope's UNet: 0 unknown, 0 missing, 34
+    temporal projections reshaped from Conv1d(k=1) to Linear, every other shape equal."""
+    state = {k: torch.empty(v, device="meta") for k, v in KEYS.items()}
+    with torch.device("meta"):
+        unet = make_unet(SCALES["modelscope"])
+    expected = {k: v.shape for k, v in unet.state_dict().items()}
+    converted, problems = convert_msvid2vid_unet(state, expected)
+    assert problems == [] and len(converted) == len(expected) == 1480
+    reshaped = [
+        k for k, v in KEYS.items() if tuple(v) != tuple(converted[msvid2vid_unet_key(k)].shape)
+    ]
+    assert len(reshaped) == 34 and all(".proj_in." in k or ".proj_out." in k for k in reshaped)
+
+
+def test_a_tiny_model_in_the_real_key_format_converts_and_computes_the_same():
+    torch.manual_seed(0)
+    tiny = UNet3DConditionModel(
+        sample_size=8,
+        block_out_channels=(32, 64, 128, 128),  # channel changes where ModelScope's are
+        layers_per_block=2,
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    ).eval()
+    real_name = {msvid2vid_unet_key(k): k for k in KEYS}
+    ldm = {}
+    for name, tensor in tiny.state_dict().items():
+        key = real_name[name]
+        ldm[key] = (
+            tensor.reshape(*tensor.shape, 1) if len(KEYS[key]) == tensor.dim() + 1 else tensor
+        )
+    assert set(ldm) == set(KEYS)  # the tiny model has exactly the real key names
+    expected = {k: v.shape for k, v in tiny.state_dict().items()}
+    converted, problems = convert_msvid2vid_unet(ldm, expected)
+    assert problems == []
+    fresh = UNet3DConditionModel.from_config(tiny.config).eval()
+    fresh.load_state_dict(converted, strict=True)
+    x = torch.randn(1, 4, 3, 8, 16)
+    context = torch.randn(1, 5, 32)
+    with torch.no_grad():
+        assert torch.equal(
+            unet_forward(fresh, x, 400, context), unet_forward(tiny, x, 400, context)
+        )
+
+
+def test_unknown_and_missing_keys_are_named():
+    state = {k: torch.empty(v, device="meta") for k, v in KEYS.items()}
+    state["input_blocks.0.9.weight"] = torch.empty(1, device="meta")
+    del state["out.2.bias"]
+    with torch.device("meta"):
+        expected = {k: v.shape for k, v in make_unet(SCALES["modelscope"]).state_dict().items()}
+    _, problems = convert_msvid2vid_unet(state, expected)
+    assert "unknown key input_blocks.0.9.weight" in problems
+    assert any("missing 1 keys" in p and "conv_out.bias" in p for p in problems)
