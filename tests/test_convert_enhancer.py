@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from diffusers import UNet3DConditionModel
 
@@ -72,3 +73,47 @@ def test_unknown_and_missing_keys_are_named():
     _, problems = convert_msvid2vid_unet(state, expected)
     assert "unknown key input_blocks.0.9.weight" in problems
     assert any("missing 1 keys" in p and "conv_out.bias" in p for p in problems)
+
+
+def _four_level_unet() -> UNet3DConditionModel:
+    torch.manual_seed(0)
+    return UNet3DConditionModel(
+        sample_size=8,
+        block_out_channels=(32, 64, 128, 128),
+        layers_per_block=2,
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    ).eval()
+
+
+def test_msvid2vid_padding_runs_at_its_legal_sizes_and_computes_its_two_quirks():
+    from streamingt2v.config import UsageError
+    from streamingt2v.models.unet import check_msvid2vid_size, use_msvid2vid_padding
+
+    plain, quirky = _four_level_unet(), use_msvid2vid_padding(_four_level_unet())
+    x = torch.randn(1, 4, 2, 10, 16)  # latent 10 x 16: height 2 (mod 8), width 0 (mod 8)
+    context = torch.randn(1, 5, 32)
+    with torch.no_grad():
+        out = unet_forward(quirky, x, 300, context)
+        assert out.shape == x.shape
+        assert not torch.allclose(out, unet_forward(plain, x, 300, context))
+        # downsampling: two zero rows above and below, one column each side, then the conv
+        down = quirky.down_blocks[0].downsamplers[0].conv
+        h = torch.randn(2, 32, 10, 16)
+        manual = torch.nn.functional.conv2d(
+            torch.nn.functional.pad(h, (1, 1, 2, 2)), down.weight, down.bias, stride=2
+        )
+        assert torch.equal(down(h), manual)
+        # upsampling: nearest x2, the first and last rows dropped, then the conv
+        up = quirky.up_blocks[0].upsamplers[0]
+        h = torch.randn(2, 128, 3, 2)
+        doubled = torch.nn.functional.interpolate(h, scale_factor=2.0, mode="nearest")
+        manual = torch.nn.functional.conv2d(
+            doubled[:, :, 1:-1], up.conv.weight, up.conv.bias, padding=1
+        )
+        assert torch.equal(up(h), manual)
+    check_msvid2vid_size(90, 160)
+    for size in ((32, 32), (90, 90), (72, 128)):  # the sizes the authors' UNet cannot run
+        with pytest.raises(UsageError, match="2 \\(mod 8\\)"):
+            check_msvid2vid_size(*size)

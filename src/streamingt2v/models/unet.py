@@ -19,6 +19,8 @@ import torch
 from diffusers import UNet3DConditionModel
 from torch import nn
 
+from ..config import UsageError
+
 
 @dataclass
 class UNetFeatures:
@@ -103,6 +105,7 @@ def decode(unet: UNet3DConditionModel, feats: UNetFeatures) -> torch.Tensor:
     # Latent sizes that the down path floor-divided need the up path told their exact size.
     up_factor = 2**unet.num_upsamplers
     force_size = any(s % up_factor for s in skips[0].shape[-2:])
+    force_size = force_size and not getattr(unet, "msvid2vid_padding", False)
     for i, block in enumerate(unet.up_blocks):
         res = tuple(skips[-len(block.resnets) :])
         skips = skips[: -len(block.resnets)]
@@ -137,6 +140,44 @@ def unet_forward(
     if merge is not None:
         feats = merge(feats)
     return decode(unet, feats)
+
+
+def use_msvid2vid_padding(unet: UNet3DConditionModel) -> UNet3DConditionModel:
+    """Make ``unet`` compute what MS-Vid2Vid-XL's UNet computes (the paper's enhancer, whose
+    weights convert to ModelScope's architecture but whose code differs in two places):
+
+    - every downsampling convolution (3x3, stride 2) pads two zero rows above and below and
+      one column left and right, instead of one of each;
+    - every upsampling doubles by nearest neighbour, then drops the first and the last row,
+      then convolves.
+
+    Installed on diffusers' own modules (the downsamplers' ``padding`` and a forward
+    pre-hook on each upsampler's convolution), not a copy of their code. The UNet then runs
+    only where the sizes meet again on the way up: latent height 2 (mod 8) and width 0
+    (mod 8), e.g. 90 x 160 (720 x 1280 pixels); ``check_msvid2vid_size`` says so first.
+    """
+    for block in unet.down_blocks:
+        for down in block.downsamplers or []:
+            down.conv.padding = (2, 1)
+    for block in unet.up_blocks:
+        for up in block.upsamplers or []:
+            up.conv.register_forward_pre_hook(_drop_edge_rows)
+    unet.msvid2vid_padding = True
+    return unet
+
+
+def _drop_edge_rows(conv: nn.Module, args: tuple) -> tuple:
+    (x, *rest) = args
+    return (x[:, :, 1:-1], *rest)  # (N, C, H - 2, W)
+
+
+def check_msvid2vid_size(height: int, width: int) -> None:
+    """A UsageError unless MS-Vid2Vid-XL's UNet can run at this latent size."""
+    if height % 8 != 2 or width % 8:
+        raise UsageError(
+            f"MS-Vid2Vid-XL's UNet runs at latent heights 2 (mod 8) and widths 0 (mod 8), "
+            f"e.g. 90 x 160 (frames 720 x 1280); got {height} x {width}"
+        )
 
 
 def skip_channels(unet_config: dict[str, Any]) -> list[int]:
