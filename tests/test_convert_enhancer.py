@@ -117,3 +117,18 @@ def test_msvid2vid_padding_runs_at_its_legal_sizes_and_computes_its_two_quirks()
     for size in ((32, 32), (90, 90), (72, 128)):  # the sizes the authors' UNet cannot run
         with pytest.raises(UsageError, match="2 \\(mod 8\\)"):
             check_msvid2vid_size(*size)
+
+
+def test_every_key_of_the_sd21_vae_routes_with_its_shape():
+    from diffusers import AutoencoderKL
+
+    from streamingt2v.convert_enhancer import SD_VAE_CONFIG, convert_sd_vae
+
+    vae_keys = json.loads((Path(__file__).parent / "data" / "msvid2vid_vae_keys.json").read_text())
+    state = {f"first_stage_model.{k}": torch.empty(v, device="meta") for k, v in vae_keys.items()}
+    state["cond_stage_model.model.ln_final.weight"] = torch.empty(1024, device="meta")  # ignored
+    with torch.device("meta"):
+        vae = AutoencoderKL(**SD_VAE_CONFIG)
+    expected = {k: v.shape for k, v in vae.state_dict().items()}
+    converted, problems = convert_sd_vae(state, expected)
+    assert problems == [] and len(converted) == len(expected) == len(vae_keys) == 248

@@ -21,8 +21,11 @@ every tensor has a place in diffusers' ``UNet3DConditionModel``:
 
 The temporal transformers' ``proj_in`` / ``proj_out`` are Conv1d with kernel 1 there and
 Linear in diffusers: those 34 tensors lose their trailing 1. Nothing else changes shape.
-(Facts read from the authors' code; the function also needs the UNet's two padding quirks,
-not built yet.)
+(Facts read from the authors' code; the function also needs the UNet's two padding quirks:
+``models.unet.use_msvid2vid_padding``.)
+
+Its VAE is Stable Diffusion 2.1's (``v2-1_512-ema-pruned.ckpt``, ``first_stage_model.*`` in
+LDM naming), converted by diffusers' own LDM-VAE conversion (``convert_sd_vae``).
 """
 
 from __future__ import annotations
@@ -126,4 +129,37 @@ def convert_msvid2vid_unet(
     unexpected = sorted(set(converted) - set(expected))
     if unexpected:
         problems.append(f"unexpected {len(unexpected)} keys, e.g. {unexpected[:5]}")
+    return converted, problems
+
+
+# Stable Diffusion 2.1's KL-f8 VAE (ch 128, mult 1-2-4-4, 4 latent channels, scale 0.18215).
+SD_VAE_CONFIG = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=["DownEncoderBlock2D"] * 4,
+    up_block_types=["UpDecoderBlock2D"] * 4,
+    block_out_channels=[128, 256, 512, 512],
+    layers_per_block=2,
+    latent_channels=4,
+    sample_size=768,
+    scaling_factor=0.18215,
+)
+
+
+def convert_sd_vae(
+    state: dict[str, torch.Tensor], expected: dict[str, torch.Size]
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """An SD checkpoint's VAE (``first_stage_model.*``, or bare LDM VAE keys) in diffusers'
+    AutoencoderKL naming, by diffusers' own conversion, and the problems found against
+    ``expected`` (missing, unexpected and mis-shaped keys, named)."""
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    converted = convert_ldm_vae_checkpoint(state, SD_VAE_CONFIG)
+    problems = []
+    missing = sorted(set(expected) - set(converted))
+    unexpected = sorted(set(converted) - set(expected))
+    wrong = [k for k in set(converted) & set(expected) if converted[k].shape != expected[k]]
+    for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shapes", wrong)):
+        if keys:
+            problems.append(f"{what}: {len(keys)} keys, e.g. {sorted(keys)[:5]}")
     return converted, problems
