@@ -132,3 +132,19 @@ def test_every_key_of_the_sd21_vae_routes_with_its_shape():
     expected = {k: v.shape for k, v in vae.state_dict().items()}
     converted, problems = convert_sd_vae(state, expected)
     assert problems == [] and len(converted) == len(expected) == len(vae_keys) == 248
+
+
+def test_msvid2vid_schedule_has_the_authors_noise_levels_and_loads_in_diffusers():
+    """sigma(599) = 0.9724 and alpha(599) = 0.2335 (the SDEdit start the authors use), zero
+    terminal SNR, and a diffusers scheduler built from the config keeps those levels."""
+    from diffusers import DDIMScheduler
+
+    from streamingt2v.convert_enhancer import msvid2vid_scheduler_config, msvid2vid_sigmas
+
+    sigmas = msvid2vid_sigmas()
+    assert abs(float(sigmas[599]) - 0.9724) < 5e-5
+    assert abs(float((1 - sigmas[599] ** 2).sqrt()) - 0.2335) < 5e-5
+    assert float(sigmas[-1]) == 1.0 and bool((sigmas[1:] > sigmas[:-1]).all())
+    scheduler = DDIMScheduler.from_config(msvid2vid_scheduler_config())
+    assert scheduler.config.prediction_type == "v_prediction"
+    torch.testing.assert_close(scheduler.alphas_cumprod.double(), 1 - sigmas**2, atol=1e-6, rtol=0)

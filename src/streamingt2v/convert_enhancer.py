@@ -30,6 +30,7 @@ LDM naming), converted by diffusers' own LDM-VAE conversion (``convert_sd_vae``)
 
 from __future__ import annotations
 
+import math
 import re
 
 import torch
@@ -163,3 +164,36 @@ def convert_sd_vae(
         if keys:
             problems.append(f"{what}: {len(keys)} keys, e.g. {sorted(keys)[:5]}")
     return converted, problems
+
+
+def msvid2vid_sigmas(steps: int = 1000) -> torch.Tensor:
+    """MS-Vid2Vid-XL's noise levels sigma_t (VP: x_t = alpha_t x_0 + sigma_t eps), t = 0 ...
+    steps - 1: the "logsnr_cosine_interp" schedule (a cosine log-SNR schedule shifted by
+    scale 2 at t = 0 and 4 at the end, interpolated linearly in t; log-SNR range [-15, 15]),
+    then stretched to zero terminal SNR (sigma = 1 at the last step). float64."""
+    t_min, t_max = math.atan(math.exp(7.5)), math.atan(math.exp(-7.5))
+    t = torch.linspace(1, 0, steps, dtype=torch.float64)
+    cosine = -2 * torch.log(torch.tan(t_min + t * (t_max - t_min)))
+    low, high = cosine + 2 * math.log(1 / 2), cosine + 2 * math.log(1 / 4)  # scales 2, 4
+    logsnr = t * low + (1 - t) * high
+    sigmas = torch.sqrt(torch.sigmoid(-logsnr))
+    lo, hi = sigmas.min(), sigmas.max()
+    return lo + (1 - lo) / (hi - lo) * (sigmas - lo)  # zero terminal SNR
+
+
+def msvid2vid_scheduler_config() -> dict:
+    """A diffusers scheduler config of that schedule: its betas (``trained_betas``, the last
+    one 1: zero terminal SNR) and v-prediction."""
+    alphas_cumprod = 1 - msvid2vid_sigmas() ** 2
+    previous = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
+    betas = 1 - alphas_cumprod / previous
+    return {
+        "_class_name": "DDIMScheduler",
+        "num_train_timesteps": len(betas),
+        "trained_betas": betas.tolist(),
+        "prediction_type": "v_prediction",
+        "rescale_betas_zero_snr": False,  # already zero terminal SNR
+        "timestep_spacing": "trailing",
+        "clip_sample": False,
+        "set_alpha_to_one": False,
+    }
