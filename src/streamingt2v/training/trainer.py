@@ -18,7 +18,6 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,47 +27,9 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..config import UsageError, config_from_dict, config_to_dict, read_json
+from ..config import UsageError, config_to_dict
 from ..world.dataset import WorldClips, clip_batch
-
-
-@dataclass
-class TrainConfig:
-    """A training run. ``model`` and ``inputs`` are stage-specific (see ``stages``)."""
-
-    stage: str
-    out_dir: str
-    steps: int = 1000
-    batch_size: int = 8
-    grad_accum: int = 1  # micro-batches per optimizer step (official: 8)
-    lr: float = 1e-4
-    lr_warmup: int = 100  # linear warm-up steps
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0  # official: 1.0
-    ema_decay: float = 0.999
-    checkpoint_every: int = 250
-    workers: int = 0  # processes rendering batches ahead of the model (0: in the loop)
-    seed: int = 0
-    size: int = 32  # frame size in pixels
-    model: dict[str, Any] = field(default_factory=dict)  # architecture of what is trained
-    inputs: dict[str, str] = field(default_factory=dict)  # folders of earlier stages
-    options: dict[str, Any] = field(default_factory=dict)  # stage-specific training options
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "grad_accum", "checkpoint_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise UsageError(f"{name} must be an integer >= 1, got {value!r}")
-        if not isinstance(self.workers, int) or self.workers < 0:
-            raise UsageError(f"workers must be an integer >= 0, got {self.workers!r}")
-        if not self.lr > 0:
-            raise UsageError(f"lr must be > 0, got {self.lr!r}")
-
-    @classmethod
-    def load(cls, path: str | Path, **overrides: Any) -> TrainConfig:
-        data = read_json(Path(path))
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return config_from_dict(cls, data)
+from .config import TrainConfig
 
 
 class Ema:
