@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -37,3 +40,12 @@ def plans_time_once(monkeypatch):
     tests of what a plan counts, not of how well it times."""
     timed = plan._timed
     monkeypatch.setattr(plan, "_timed", lambda run, device: timed(run, device, repeats=1))
+
+
+def load_script(relative: str):
+    """A script of the repository (``benchmarks/``, ``scripts/``: no packages) as a module."""
+    path = Path(__file__).resolve().parents[1] / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

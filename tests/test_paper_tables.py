@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 from streamingt2v import StreamingT2VPipeline
 from streamingt2v.generate import DEFAULT_MODEL_DIR
@@ -19,10 +20,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "paper_tables.py"
 
 def paper_tables():
     """benchmarks/paper_tables.py as a module (benchmarks/ is no package)."""
-    spec = importlib.util.spec_from_file_location("paper_tables", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/paper_tables.py")
 
 
 def test_quick_mode_writes_every_table(tiny_model_dir, tmp_path):
