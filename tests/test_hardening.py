@@ -61,15 +61,12 @@ def test_second_run_on_a_busy_output_is_refused_naming_the_first(tiny_model_dir,
     assert out.read_bytes() == b"precious" and leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize("existing", [False, True])
-def test_two_concurrent_runs_end_with_one_complete_video_and_its_manifest(
-    tiny_model_dir, tmp_path, existing
-):
-    """Real processes: the first run writes, the second (started while the first holds the
-    output) is refused up front; an existing video is only replaced by a complete one."""
+def test_two_concurrent_runs_end_with_one_complete_video_and_its_manifest(tiny_model_dir, tmp_path):
+    """Real processes on an existing video: the first run writes, the second (started while
+    the first holds the output) is refused up front; the old video is only replaced by a
+    complete one. (Without an existing video: the in-process test above.)"""
     out = tmp_path / "same.mp4"
-    if existing:
-        out.write_bytes(b"old video")
+    out.write_bytes(b"old video")
     args = ["generate", "a red circle", "--frames", 200, "--out", out,
             "--model", tiny_model_dir, "--overwrite", *FAST]  # fmt: skip
     first = subprocess.Popen(cli(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -77,8 +74,7 @@ def test_two_concurrent_runs_end_with_one_complete_video_and_its_manifest(
     second = subprocess.run(cli(*args), capture_output=True, text=True, timeout=300)
     assert second.returncode == 2, second.stderr
     assert "another run is writing" in second.stderr and f"process {first.pid}" in second.stderr
-    if existing:
-        assert out.read_bytes() == b"old video"  # untouched while the first run works
+    assert out.read_bytes() == b"old video"  # untouched while the first run works
     assert first.wait(timeout=300) == 0, first.stderr.read()
     manifest = json.loads((tmp_path / "same.mp4.json").read_text())
     assert len(read_video(out)) == manifest["frames"] == 200
@@ -197,9 +193,11 @@ def test_a_real_full_disk_exits_3(tiny_model_dir, tmp_path, capsys):
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
     try:
         out = disk / "v.mp4"
+        # About 50 KB left: the video fills it after its first frames. (With a single block
+        # left, FFmpeg fails hard while writing the container's header.)
         (disk / "filler").write_bytes(b"\0" * 150_000)
-        code = run("generate", "a red circle", "--frames", 400, "--out", out,
-                   "--model", tiny_model_dir, "--height", 64, "--width", 64, *FAST)  # fmt: skip
+        code = run("generate", "a red circle", "--frames", 100, "--out", out,
+                   "--model", tiny_model_dir, *FAST)  # fmt: skip
         err = capsys.readouterr().err
         assert code == 3, err
         assert f"cannot write {out}" in err and "No space left on device" in err
@@ -287,16 +285,14 @@ def test_a_prompt_past_the_text_encoder_tokens_is_warned_about():
 
 
 # ---------------------------------------------------------------- third-party noise
-def test_a_run_prints_no_third_party_bars_and_quiet_prints_nothing(tiny_model_dir, tmp_path):
+def test_a_run_prints_no_third_party_bars(tiny_model_dir, tmp_path):
     args = ["generate", "a red circle", "--frames", 3, "--steps", 1, "--model", tiny_model_dir]
     loud = subprocess.run(cli(*args, "--out", tmp_path / "a.mp4"), capture_output=True,
                           text=True, timeout=300)  # fmt: skip
     assert loud.returncode == 0, loud.stderr
     assert "chunk" in loud.stderr  # ours stay
     assert "Loading" not in loud.stderr and "Warning" not in loud.stderr
-    quiet = subprocess.run(cli(*args, "--out", tmp_path / "b.mp4", "--quiet"),
-                           capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert quiet.returncode == 0 and quiet.stderr == ""
+    # --quiet prints nothing at all: test_a_world_prompt_has_no_warning_and_quiet_silences_them
 
 
 # ---------------------------------------------------------------- eval and the install
