@@ -5,6 +5,7 @@ nothing existing changed."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -202,6 +203,13 @@ def test_a_real_full_disk_exits_3(tiny_model_dir, tmp_path, capsys):
         assert code == 3, err
         assert f"cannot write {out}" in err and "No space left on device" in err
         assert sorted(p.name for p in disk.iterdir()) == ["filler"]
+        with (disk / "filler").open("ab", buffering=0) as filler, contextlib.suppress(OSError):
+            filler.write(b"\0" * 100_000)  # now fill it to the last byte
+        code = run("generate", "a red circle", "--frames", 20, "--out", out,
+                   "--model", tiny_model_dir, *FAST)  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == 3 and "No space left on device" in err and "Traceback" not in err
+        assert sorted(p.name for p in disk.iterdir()) == ["filler"]  # no lock file left
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=True)
 

@@ -107,10 +107,13 @@ class OutputLock:
             if same:
                 break
             os.close(fd)
-        started = time.strftime("%Y-%m-%d %H:%M:%S")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"process {os.getpid()}, started {started}".encode(), 0)
         self._fd = fd
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        try:  # who holds it, for the message of a run refused; a full disk must not stop us
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"process {os.getpid()}, started {started}".encode(), 0)
+        except OSError:
+            pass
         return self
 
     def release(self) -> None:
