@@ -14,11 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +45,7 @@ from .video_io import (
     partial_path,
     read_video,
     remove_path,
+    remove_stale_partials,
 )
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
@@ -141,6 +142,17 @@ def check_output(out: Path, overwrite: bool) -> None:
         raise UsageError(f"cannot write to output folder {parent}: {err.strerror}") from err
 
 
+@contextmanager
+def claimed_output(out: Path, overwrite: bool) -> Iterator[None]:
+    """Hold ``out``'s ``OutputLock`` for a run: checked again once held (a run may have
+    finished meanwhile), and cleared of what runs killed outright left beside it."""
+    with OutputLock(out):
+        check_output(out, overwrite)
+        for target in (out, manifest_path(out)):
+            remove_stale_partials(target)
+        yield
+
+
 def resolve_model_dir(model: Path | None) -> Path:
     if model is not None:
         return local_model_folder(model)
@@ -186,9 +198,7 @@ def generate(config: GenerateConfig) -> GenerateResult:
     and OutputError when the output cannot be written.
     """
     check_output(config.out, config.overwrite)
-    with OutputLock(config.out):
-        check_output(config.out, config.overwrite)  # a run may have finished meanwhile
-        remove_stale_partials(config.out)
+    with claimed_output(config.out, config.overwrite):
         model_dir, device, dtype, pipe, enhancer, request = _load_run(config)
         fps = config.fps or pipe.config.fps
         manifest = _manifest_head(config, request, pipe, model_dir, fps, device, dtype)
@@ -226,17 +236,6 @@ def generate(config: GenerateConfig) -> GenerateResult:
                 progress=config.progress,
             )
         return write_video(output, config.out, fps, manifest, config.overwrite)
-
-
-def remove_stale_partials(out: Path) -> None:
-    """Remove the temporary files that runs killed outright (SIGKILL, power loss) left beside
-    ``out`` and its manifest. Only called while holding ``out``'s lock: no live run owns
-    them."""
-    for target in (out, manifest_path(out)):
-        pattern = re.compile(re.escape(target.name) + r"\.\d+-[0-9a-f]{8}\.partial(\.old)?")
-        for path in target.parent.iterdir():
-            if pattern.fullmatch(path.name):
-                remove_path(path)
 
 
 def plan_run(config: GenerateConfig) -> Plan:
@@ -437,9 +436,7 @@ def enhance_file(config: EnhanceFileConfig) -> GenerateResult:
     check_output(config.out, config.overwrite)
     if config.out.resolve() == config.video.resolve():
         raise UsageError("the output would replace the input video; pick another --out")
-    with OutputLock(config.out):
-        check_output(config.out, config.overwrite)
-        remove_stale_partials(config.out)
+    with claimed_output(config.out, config.overwrite):
         return _enhance_file(config)
 
 

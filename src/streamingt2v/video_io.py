@@ -13,6 +13,7 @@ one, never by a run that fails, and two runs never write the same partial file.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import time
@@ -43,26 +44,14 @@ def partial_path(path: Path) -> Path:
     return path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
 
 
-def stale_partials(path: Path) -> list[Path]:
-    """Partial files of earlier runs on ``path`` (a run killed outright leaves its own).
-    Only safe to remove while holding ``path``'s ``OutputLock``."""
-    return sorted(path.parent.glob(f"{_glob_escape(path.name)}.*.partial"))
-
-
-def _glob_escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a unique temporary file and one rename, so readers
-    see the old file or the complete new one; a failure leaves no temporary file."""
-    tmp = partial_path(path)
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        remove_path(tmp)
-        raise
+def remove_stale_partials(path: Path) -> None:
+    """Remove the partial files (``partial_path``'s names, and a PNG folder's ``.old``) that
+    runs killed outright (SIGKILL, power loss) left beside ``path``. Only safe while holding
+    ``path``'s ``OutputLock``: then no live run owns them."""
+    pattern = re.compile(re.escape(path.name) + r"\.\d+-[0-9a-f]{8}\.partial(\.old)?")
+    for found in path.parent.iterdir():
+        if pattern.fullmatch(found.name):
+            remove_path(found)
 
 
 class OutputLock:
