@@ -401,7 +401,7 @@ def continuation(
         request = pipe.request(
             prompt, two_chunks, stream_guidance=stream_guidance, replace_overlap=replace_overlap
         )
-        new = regenerate_chunk(pipe, request, 1, truth[:fc], truth[0])
+        new = regenerate_chunk(pipe.chunk_models(), request, 1, truth[:fc], truth[0])
         if words["motion"] in STRAIGHT:  # one window: the last conditioning frame, the new ones
             travel = np.stack([truth[fc - 1], *new])
             ways = check_video(travel, words, window=len(travel)).directions

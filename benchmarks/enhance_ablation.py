@@ -28,10 +28,9 @@ from enhancer_eval import upsample
 from PIL import Image, ImageDraw
 
 from streamingt2v.config import MODES
-from streamingt2v.enhancer import settings
-from streamingt2v.generate import load_enhancer
 from streamingt2v.metrics.smoothness import boundary_flow_std
 from streamingt2v.metrics.world_checks import xt_slice
+from streamingt2v.runtime import load_enhancer
 from streamingt2v.world.render import render, rng_for, sample_params
 
 
@@ -49,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     enhancer = load_enhancer(args.model, torch.device("cpu"), torch.float32)
-    defaults = settings(enhancer.config.defaults, steps=args.steps)
+    defaults = enhancer.config.defaults.merged(steps=args.steps)
     rng = rng_for("enhance-ablation", args.seed)
     rows, slices = [], {}
     for i in range(args.videos):

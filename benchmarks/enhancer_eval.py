@@ -33,17 +33,16 @@ from PIL import Image
 from world_eval import eval_prompts
 
 from streamingt2v import StreamingT2VPipeline
-from streamingt2v.enhancer import settings
-from streamingt2v.generate import load_enhancer
+from streamingt2v.layout import fhwc_from_cfhw
 from streamingt2v.metrics.world_checks import check_video
-from streamingt2v.streaming import to_uint8_fhwc
+from streamingt2v.runtime import load_enhancer
 from streamingt2v.world.render import parse_caption, render, rng_for, sample_params
 
 
 def upsample(enhancer, video: np.ndarray) -> np.ndarray:
     """(F, h, w, 3) uint8 -> the enhancer's own starting frames (its bilinear upscaling to
     its output size) as (F, H, W, 3) uint8: the video without enhancement."""
-    return to_uint8_fhwc(enhancer.upscale(video).transpose(0, 1))  # (F, 3, H, W) -> (F, H, W, 3)
+    return fhwc_from_cfhw(enhancer.upscale(video).transpose(0, 1))  # (F, 3, H, W) -> (F, H, W, 3)
 
 
 def psnr(video: np.ndarray, truth: np.ndarray) -> float:
@@ -86,8 +85,8 @@ def main(argv: list[str] | None = None) -> None:
 
     pipe = StreamingT2VPipeline.from_pretrained(args.model)
     enhancer = load_enhancer(args.model, torch.device("cpu"), torch.float32, pipe=pipe)
-    chosen = settings(
-        enhancer.config.defaults, steps=args.steps, strength=args.strength, guidance=args.guidance
+    chosen = enhancer.config.defaults.merged(
+        steps=args.steps, strength=args.strength, guidance=args.guidance
     )
     size = enhancer.output_size(args.size, args.size)  # the rendered truth's size
     rng = rng_for("enhancer-eval", args.seed)

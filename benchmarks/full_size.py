@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from streamingt2v.enhancer import parse_size, settings
+from streamingt2v.enhancer import parse_size
 from streamingt2v.plan import format_plan, make_plan
 from streamingt2v.random_models import random_enhancer, random_pipeline
 
@@ -118,7 +118,7 @@ def piped(pipe, enhancer, frames: int, steps: int, enhance_steps: int, args, siz
         for chunk in pipe.stream(PROMPT, frames, **_stream_settings(args, steps, size))
         for frame in chunk.frames
     )
-    cfg = settings(enhancer.config.defaults, steps=enhance_steps, seed=0)
+    cfg = enhancer.config.defaults.merged(steps=enhance_steps, seed=0)
     return enhancer.enhance(low, frames, PROMPT, cfg)
 
 
@@ -135,7 +135,7 @@ def run_phases(args, pipe, enhancer, report: dict, save: Callable[[], None]) -> 
 
     def phase_plan() -> dict:
         request = pipe.request(PROMPT, args.frames, **_stream_settings(args, args.steps))
-        cfg = settings(enhancer.config.defaults, steps=args.enhance_steps, seed=0)
+        cfg = enhancer.config.defaults.merged(steps=args.enhance_steps, seed=0)
         plan = make_plan(pipe, request, enhancer, cfg)
         print(format_plan(plan), flush=True)
         stages = [
@@ -165,7 +165,7 @@ def run_phases(args, pipe, enhancer, report: dict, save: Callable[[], None]) -> 
     def phase_enhance() -> dict:
         if not low_res:
             raise RuntimeError("needs the stream phase's frames")
-        cfg = settings(enhancer.config.defaults, steps=args.enhance_steps, seed=0)
+        cfg = enhancer.config.defaults.merged(steps=args.enhance_steps, seed=0)
         t0 = time.perf_counter()
         n = _count(enhancer.enhance(low_res, len(low_res), PROMPT, cfg))
         seconds = _synced(device, t0)
@@ -236,7 +236,7 @@ def run_phases(args, pipe, enhancer, report: dict, save: Callable[[], None]) -> 
     def phase_offload() -> dict:
         pipe.enable_offload(device)
         enhancer.enable_offload(pipe.offloader)
-        cfg = settings(enhancer.config.defaults, steps=args.long_enhance_steps, seed=0)
+        cfg = enhancer.config.defaults.merged(steps=args.long_enhance_steps, seed=0)
 
         def planned(frames: int) -> dict:
             request = pipe.request(PROMPT, frames, **_stream_settings(args, args.long_steps))

@@ -23,7 +23,9 @@ from pathlib import Path
 
 
 def child(model: str, frames: int, steps: int, out: str, enhance: str | None) -> None:
-    from streamingt2v.generate import EnhanceFileConfig, GenerateConfig, enhance_file, generate
+    from streamingt2v.enhance_file import enhance_file
+    from streamingt2v.generate import generate
+    from streamingt2v.run_config import EnhanceFileConfig, GenerateConfig
 
     started = time.perf_counter()
     prompt = "a red circle moving right"

@@ -3,7 +3,7 @@
     python benchmarks/paper_tables.py --model src/streamingt2v/default_model \
         --prompts 50 --frames 240 --long-prompts 5 --long-frames 600 --out docs/results
 
-Methods (``streamingt2v.streaming.METHODS``): the method itself, ``independent`` chunks,
+Methods (``streamingt2v.methods.METHODS``): the method itself, ``independent`` chunks,
 ``no-cam``, ``no-apm`` and ``freenoise``, all on the same base model; ``--trained NAME=DIR``
 adds a pipeline trained with another conditioning (the paper's ``conc-cond`` and
 ``add-cond``, ``model.cam.merge`` in the stream stage's config), run as the method on its
@@ -39,8 +39,8 @@ from PIL import Image, ImageDraw
 from streamingt2v import StreamingT2VPipeline
 from streamingt2v.config import UsageError
 from streamingt2v.evaluate import ClipPair, evaluate_video
+from streamingt2v.methods import METHODS
 from streamingt2v.metrics.world_checks import xt_slice
-from streamingt2v.streaming import METHODS
 from streamingt2v.world.render import STRAIGHT, rng_for, sample_params
 
 COLUMNS = (

@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw
 
 from streamingt2v import StreamingT2VPipeline
 from streamingt2v.config import UsageError
-from streamingt2v.enhancer import Enhancer, settings
+from streamingt2v.enhancer import Enhancer
 from streamingt2v.generate import DEFAULT_MODEL_DIR
 from streamingt2v.models.weights import load_diffusers
 
@@ -155,8 +155,8 @@ def main() -> None:
             args.enhancer, vae=pipe.vae, text_encoder=pipe.text_encoder
         )
         defaults = enhancer.config.defaults
-        enhancer.config.defaults = settings(
-            defaults, guidance=args.enhancer_guidance, strength=args.enhancer_strength
+        enhancer.config.defaults = defaults.merged(
+            guidance=args.enhancer_guidance, strength=args.enhancer_strength
         )
         if args.enhancer_vae:
             vae = load_diffusers(AutoencoderKL, args.enhancer_vae)

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+import streamingt2v.generate
 from streamingt2v import StreamingT2VPipeline
 from streamingt2v.cli import main
 from streamingt2v.video_io import read_video
@@ -164,15 +165,15 @@ def test_unwritable_output_folder_exits_2(tiny_model_dir, tmp_path, capsys):
 def test_ctrl_c_keeps_a_playable_video_of_finished_chunks(
     tiny_model_dir, tmp_path, monkeypatch, capsys
 ):
-    real_stream = StreamingT2VPipeline.stream
+    real_stream = streamingt2v.generate.stream  # the chunk loop generate runs
 
-    def stopped_after_two_chunks(self, *args, **kwargs):
-        for i, chunk in enumerate(real_stream(self, *args, **kwargs)):
+    def stopped_after_two_chunks(*args, **kwargs):
+        for i, chunk in enumerate(real_stream(*args, **kwargs)):
             if i == 2:
                 raise KeyboardInterrupt
             yield chunk
 
-    monkeypatch.setattr(StreamingT2VPipeline, "stream", stopped_after_two_chunks)
+    monkeypatch.setattr(streamingt2v.generate, "stream", stopped_after_two_chunks)
     out = tmp_path / "v.mp4"
     assert (
         run(
@@ -229,9 +230,9 @@ def test_help_is_accurate():
 
 
 def test_missing_embedded_default_is_explained(tmp_path, capsys, monkeypatch):
-    import streamingt2v.generate as gen
+    import streamingt2v.runtime as runtime
 
-    monkeypatch.setattr(gen, "DEFAULT_MODEL_DIR", tmp_path / "absent")
+    monkeypatch.setattr(runtime, "DEFAULT_MODEL_DIR", tmp_path / "absent")
     assert run("generate", "p", "--out", tmp_path / "v.mp4", *FAST) == 2
     assert "--model" in capsys.readouterr().err
 

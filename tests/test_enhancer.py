@@ -16,8 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from streamingt2v.cli import main
-from streamingt2v.config import MODES
-from streamingt2v.enhance import EnhanceConfig
+from streamingt2v.config import MODES, EnhanceConfig
 from streamingt2v.enhancer import Enhancer
 from streamingt2v.random_models import perturb_, random_enhancer
 from streamingt2v.video_io import VideoWriter, read_video

@@ -21,6 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import streamingt2v.generate
 from streamingt2v.cli import main
 from streamingt2v.video_io import OutputLock, read_video
 
@@ -350,19 +351,18 @@ def test_help_states_the_embedded_defaults_and_its_vocabulary():
 def test_output_folder_removed_mid_run_exits_3_naming_the_path(
     tiny_model_dir, tmp_path, monkeypatch, capsys
 ):
-    from streamingt2v import StreamingT2VPipeline
 
     folder = tmp_path / "gone"
     folder.mkdir()
-    real_stream = StreamingT2VPipeline.stream
+    real_stream = streamingt2v.generate.stream  # the chunk loop generate runs
 
-    def folder_disappears(self, *args, **kwargs):
-        for i, chunk in enumerate(real_stream(self, *args, **kwargs)):
+    def folder_disappears(*args, **kwargs):
+        for i, chunk in enumerate(real_stream(*args, **kwargs)):
             if i == 1:
                 shutil.rmtree(folder)
             yield chunk
 
-    monkeypatch.setattr(StreamingT2VPipeline, "stream", folder_disappears)
+    monkeypatch.setattr(streamingt2v.generate, "stream", folder_disappears)
     code = run("generate", "a red circle", "--frames", 40, "--out", folder / "v.mp4",
                "--model", tiny_model_dir, *FAST)  # fmt: skip
     assert code == 3

@@ -12,8 +12,8 @@ from conftest import load_script
 
 from streamingt2v import StreamingT2VPipeline
 from streamingt2v.generate import DEFAULT_MODEL_DIR
+from streamingt2v.methods import METHODS
 from streamingt2v.random_models import random_pipeline
-from streamingt2v.streaming import METHODS
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "paper_tables.py"
 

@@ -54,11 +54,13 @@ def test_regenerating_a_chunk_alone_matches_the_full_run(trained_like_pipe):
     pipe = trained_like_pipe
     video = pipe("a green triangle bouncing", 40, seed=9, **FAST).frames
     request = pipe.request("a green triangle bouncing", 40, seed=9, **FAST)
-    first = regenerate_chunk(pipe, request, 0)
+    first = regenerate_chunk(pipe.chunk_models(), request, 0)
     assert np.array_equal(first, video[:16])
     for k in (1, 3):
         start = 16 + 8 * (k - 1)
-        alone = regenerate_chunk(pipe, request, k, video[start - 8 : start], video[0])
+        alone = regenerate_chunk(
+            pipe.chunk_models(), request, k, video[start - 8 : start], video[0]
+        )
         assert np.array_equal(alone, video[start : start + 8]), f"chunk {k}"
 
 
@@ -68,8 +70,8 @@ def test_conditioning_frames_steer_the_next_chunk(trained_like_pipe):
     video = pipe("a green triangle", 24, seed=9, **FAST).frames
     other = 255 - video[8:16]
     assert not np.array_equal(
-        regenerate_chunk(pipe, request, 1, video[8:16], video[0]),
-        regenerate_chunk(pipe, request, 1, other, video[0]),
+        regenerate_chunk(pipe.chunk_models(), request, 1, video[8:16], video[0]),
+        regenerate_chunk(pipe.chunk_models(), request, 1, other, video[0]),
     )
 
 
@@ -161,7 +163,7 @@ def test_non_square_video_streams_and_chunks_regenerate(trained_like_pipe):
     video = pipe("a red circle moving right", 32, **settings).frames
     assert video.shape == (32, 24, 40, 3)
     request = pipe.request("a red circle moving right", 32, **settings)
-    alone = regenerate_chunk(pipe, request, 2, video[16:24], video[0])
+    alone = regenerate_chunk(pipe.chunk_models(), request, 2, video[16:24], video[0])
     assert np.array_equal(alone, video[24:32])
 
 
@@ -176,7 +178,7 @@ def test_bad_sizes_are_named(tiny_pipe, size, message):
 
 def test_request_without_a_size_takes_the_model_size_and_a_bad_size_is_named(tiny_pipe):
     request = Request("a red circle", 24, seed=1, sample=SampleConfig(steps=1))
-    new = regenerate_chunk(tiny_pipe, request, 0)
+    new = regenerate_chunk(tiny_pipe.chunk_models(), request, 0)
     assert new.shape[1:3] == tiny_pipe.frame_size
     with pytest.raises(UsageError, match="size must be"):
         Request("a red circle", 24, size=(32,))
@@ -196,14 +198,16 @@ def test_baselines_and_ablations_change_what_they_should(trained_like_pipe):
         assert not np.array_equal(variant[16:], video[16:]), method
     other = np.roll(cond, 1, axis=2)
     request = pipe.request(prompt, 32, method="no-cam", **common)
-    no_cam = regenerate_chunk(pipe, request, 2, cond, anchor)
-    assert np.array_equal(no_cam, regenerate_chunk(pipe, request, 2, other, anchor))
+    no_cam = regenerate_chunk(pipe.chunk_models(), request, 2, cond, anchor)
+    assert np.array_equal(no_cam, regenerate_chunk(pipe.chunk_models(), request, 2, other, anchor))
     request = pipe.request(prompt, 32, method="no-apm", **common)
-    no_apm = regenerate_chunk(pipe, request, 2, cond, anchor)
-    assert np.array_equal(no_apm, regenerate_chunk(pipe, request, 2, cond, 255 - anchor))
+    no_apm = regenerate_chunk(pipe.chunk_models(), request, 2, cond, anchor)
+    assert np.array_equal(
+        no_apm, regenerate_chunk(pipe.chunk_models(), request, 2, cond, 255 - anchor)
+    )
     assert not np.array_equal(
-        regenerate_chunk(pipe, ours, 2, cond, anchor),
-        regenerate_chunk(pipe, ours, 2, other, anchor),
+        regenerate_chunk(pipe.chunk_models(), ours, 2, cond, anchor),
+        regenerate_chunk(pipe.chunk_models(), ours, 2, other, anchor),
     )
     with pytest.raises(UsageError, match="unknown method 'conc-cond'"):
         pipe.request(prompt, 32, method="conc-cond")  # a trained baseline, not built yet
@@ -226,15 +230,23 @@ def test_stage_settings_choose_each_chunks_sampler_and_negative_prompt(trained_l
         negative_prompt="blurry",
         first_chunk_negative_prompt=False,
     )
-    video = list(stream(pipe, Request("a red circle", 24, 5, split, pipe.frame_size)))
+    video = list(
+        stream(pipe.chunk_models(), Request("a red circle", 24, 5, split, pipe.frame_size))
+    )
     dpm_plain = dataclasses.replace(split, stream_scheduler=None, negative_prompt="")
-    first = list(stream(pipe, Request("a red circle", 16, 5, dpm_plain, pipe.frame_size)))
+    first = list(
+        stream(pipe.chunk_models(), Request("a red circle", 16, 5, dpm_plain, pipe.frame_size))
+    )
     assert np.array_equal(video[0].frames, first[0].frames)
     ddim = dataclasses.replace(split, scheduler="ddim", stream_scheduler=None)
     ddim = dataclasses.replace(ddim, first_chunk_negative_prompt=True)
     frames = video[0].frames
     again = regenerate_chunk(
-        pipe, Request("a red circle", 24, 5, ddim, pipe.frame_size), 1, frames[-8:], frames[0]
+        pipe.chunk_models(),
+        Request("a red circle", 24, 5, ddim, pipe.frame_size),
+        1,
+        frames[-8:],
+        frames[0],
     )
     assert np.array_equal(video[1].frames, again)
     assert split.scheduler_of(0) == "dpm" and split.scheduler_of(3) == "ddim"

@@ -15,34 +15,20 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .config import METHODS, MODES, SCHEDULERS, OutputError, UsageError
+from .config import OutputError, UsageError
+from .options import add_options, from_args, parse_int
+from .run_config import DEFAULT_MODEL_DIR, EnhanceFileConfig, GenerateConfig
 
 EXIT_USAGE = 2
 EXIT_OUTPUT = 3
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143  # 128 + SIGTERM, as shells report it
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse's own errors: same exit code, our format
         self.print_usage(sys.stderr)
         raise UsageError(message)
-
-
-def _int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    return value
-
-
-def _float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
 def _embedded_sample() -> dict:
@@ -61,6 +47,12 @@ def _model_default(embedded: object, paper: object) -> str:
     return f"the model folder's: {embedded} for the embedded default, {paper} for the paper's"
 
 
+def _model_defaults() -> dict[str, str]:
+    """The {steps}, {guidance}, {scheduler} of ``GenerateConfig``'s help texts."""
+    sample, paper = _embedded_sample(), {"steps": 50, "guidance": 7.5, "scheduler": "ddim"}
+    return {name: _model_default(sample.get(name), value) for name, value in paper.items()}
+
+
 def _world_epilog() -> str:
     from .world.render import BACKGROUNDS, COLOURS, MOTIONS, SHAPES
 
@@ -72,26 +64,6 @@ def _world_epilog() -> str:
         "about (it cannot draw them); full-size models (--model) take any prompt. Example: "
         'streamingt2v generate "a red circle moving right on a black background" --frames 240'
     )
-
-
-def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    """Device, precision, overwriting and progress: shared by the commands that run models."""
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
-    parser.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", "float32", "float16", "bfloat16"],
-        help="weights' precision (default: float16 on CUDA, float32 on CPU; a model folder's "
-        "stream_dtype, e.g. float32 for a converted official checkpoint, then keeps the "
-        "streaming stage in that precision)",
-    )
-    parser.add_argument(
-        "--offload",
-        action="store_true",
-        help="keep each UNet in CPU memory until its stage runs (less GPU memory)",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars or warnings")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,118 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=_world_epilog(),
     )
-    sample = _embedded_sample()
-    gen.add_argument("prompt", help="text prompt")
-    gen.add_argument(
-        "--frames", type=_int, default=80, help="number of frames, any integer >= 1 (default: 80)"
-    )
-    gen.add_argument(
-        "--out",
-        type=Path,
-        default=Path("video.mp4"),
-        help="output: .mp4 (H.264), .gif, or a folder name for PNG frames (default: video.mp4)",
-    )
-    gen.add_argument(
-        "--seed",
-        type=_int,
-        default=0,
-        help="seed, an integer in [0, 2**63 - 1]; chunk k's noise derives from (seed, k) "
-        "(default: 0)",
-    )
-    gen.add_argument(
-        "--steps",
-        type=_int,
-        default=None,
-        help="denoising steps per chunk, at most the schedule's timesteps (default: "
-        + _model_default(sample.get("steps"), 50)
-        + ")",
-    )
-    gen.add_argument(
-        "--guidance",
-        type=_float,
-        default=None,
-        help="classifier-free guidance scale, finite and >= 0 (default: "
-        + _model_default(sample.get("guidance"), 7.5)
-        + ")",
-    )
-    gen.add_argument(
-        "--stream-guidance",
-        type=_float,
-        default=None,
-        help="guidance of the streaming chunks >= 0 (default: the model's, else --guidance)",
-    )
-    gen.add_argument(
-        "--replace-overlap",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="streaming chunks: pin the overlap frames' latents to the conditioning frames', "
-        "noised to each step (not in the paper; default: the model's setting, else off)",
-    )
-    gen.add_argument(
-        "--negative-prompt", default=None, help="negative prompt for guidance (default: empty)"
-    )
-    gen.add_argument(
-        "--scheduler",
-        default=None,
-        choices=SCHEDULERS,
-        help="ddim (eta 1, the paper's) or dpm (DPM-Solver++) (default: "
-        + _model_default(sample.get("scheduler"), "ddim")
-        + ")",
-    )
-    gen.add_argument(
-        "--model",
-        type=Path,
-        default=None,
-        help="pipeline or ModelScope folder, or a hub id (default: the embedded default model)",
-    )
-    gen.add_argument(
-        "--fps",
-        type=_int,
-        default=None,
-        help="frames per second of the output (default: the model folder's, 8 for the "
-        "embedded default and the paper's)",
-    )
-    gen.add_argument(
-        "--height",
-        type=_int,
-        default=None,
-        help="frame height in pixels, a multiple of the VAE factor (default: the model's)",
-    )
-    gen.add_argument(
-        "--width", type=_int, default=None, help="frame width in pixels (default: the model's)"
-    )
-    gen.add_argument(
-        "--enhancer",
-        type=Path,
-        default=None,
-        help="enhancer folder or diffusers video model (default: the model folder's "
-        "enhancer/, if it has one)",
-    )
-    gen.add_argument(
-        "--enhance-size",
-        default=None,
-        help="HEIGHTxWIDTH of the enhanced video, for an enhancer trained at a fixed size "
-        "(e.g. 576x1024; default: the enhancer folder's own factor)",
-    )
-    gen.add_argument(
-        "--method",
-        default="streamingt2v",
-        choices=list(METHODS),
-        help="the method, or a baseline/ablation for comparisons: "
-        + "; ".join(f"{k}: {v}" for k, v in METHODS.items()),
-    )
+    add_options(gen, GenerateConfig, **_model_defaults())
     gen.add_argument(
         "--plan",
         action="store_true",
         help="print the predicted time, peak GPU memory and RAM for these settings "
         "(one measured evaluation of each kind) and exit without generating",
     )
-    gen.add_argument(
-        "--no-enhance",
-        action="store_true",
-        help="skip the enhancer (default: enhance when the model folder has enhancer/)",
-    )
-    _add_run_options(gen)
 
     enh = sub.add_parser(
         "enhance",
@@ -236,72 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
             "Memory does not grow with the video's length. Writes OUT and OUT.json."
         ),
     )
-    enh.add_argument("video", type=Path, help="input video (.mp4, .gif or a PNG folder)")
-    enh.add_argument("--prompt", required=True, help="text prompt of the video")
-    enh.add_argument(
-        "--out", type=Path, required=True, help="output: .mp4, .gif or a folder for PNG frames"
+    enhancer_default = (
+        "default: the embedded default's enhancer"
+        if (DEFAULT_MODEL_DIR / "enhancer").is_dir()
+        else "required: the embedded default has no enhancer"
     )
-    enh.add_argument(
-        "--mode",
-        default=None,
-        choices=MODES,
-        help="chunk blending (default: the enhancer's, randomized)",
-    )
-    enh.add_argument(
-        "--chunk",
-        type=_int,
-        default=None,
-        help="frames per chunk (default: the enhancer's, 24 officially)",
-    )
-    enh.add_argument(
-        "--overlap",
-        type=_int,
-        default=None,
-        help="frames shared by neighbours (default: the enhancer's, 8 officially)",
-    )
-    enh.add_argument(
-        "--strength",
-        type=_float,
-        default=None,
-        help="SDEdit noise level in (0, 1] (default: the enhancer's, 0.6 officially, i.e. "
-        "t=600 of 1000)",
-    )
-    enh.add_argument(
-        "--steps",
-        type=_int,
-        default=None,
-        help="sampler steps, at most the schedule's timesteps (default: the enhancer's, 30 "
-        "officially)",
-    )
-    enh.add_argument(
-        "--guidance",
-        type=_float,
-        default=None,
-        help="guidance, finite and >= 0 (default: the enhancer's, 7.5 officially)",
-    )
-    enh.add_argument("--negative-prompt", default="", help="negative prompt (default: empty)")
-    enh.add_argument("--seed", type=_int, default=0, help="seed (default: 0)")
-    enh.add_argument(
-        "--size",
-        default=None,
-        help="HEIGHTxWIDTH of the output, for an enhancer trained at a fixed size "
-        "(default: the enhancer folder's own factor)",
-    )
-    enh.add_argument(
-        "--model",
-        type=Path,
-        default=None,
-        help="pipeline folder with enhancer/, an enhancer folder, or a diffusers video "
-        "model ("
-        + (
-            "default: the embedded default's enhancer"
-            if (DEFAULT_MODEL_DIR / "enhancer").is_dir()
-            else "required: the embedded default has no enhancer"
-        )
-        + ")",
-    )
-    enh.add_argument("--fps", type=_int, default=8, help="output frame rate (default: 8)")
-    _add_run_options(enh)
+    add_options(enh, EnhanceFileConfig, enhancer_default=enhancer_default)
 
     ev = sub.add_parser(
         "eval",
@@ -322,9 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--flow", default="dis", help="optical flow for MAWE: dis or farneback")
     ev.add_argument(
-        "--mawe-size", type=_int, default=720, help="frame size for MAWE (official: 720)"
+        "--mawe-size", type=parse_int, default=720, help="frame size for MAWE (official: 720)"
     )
-    ev.add_argument("--fps", type=_int, default=8, help="frame rate for SCuts (default: 8)")
+    ev.add_argument("--fps", type=parse_int, default=8, help="frame rate for SCuts (default: 8)")
     ev.add_argument("--json", action="store_true", help="print the full report as JSON")
 
     train = sub.add_parser(
@@ -340,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("stage", help="vae, image-encoder, base, stream or enhancer")
     train.add_argument("--config", type=Path, required=True, help="training config (JSON)")
     train.add_argument("--resume", action="store_true", help="continue OUT_DIR/checkpoint")
-    train.add_argument("--steps", type=_int, default=None, help="override the config's steps")
+    train.add_argument("--steps", type=parse_int, default=None, help="override the config's steps")
     train.add_argument("--out-dir", default=None, help="override the config's out_dir")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -412,67 +219,22 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from .generate import GenerateConfig, generate
-
-    config = GenerateConfig(
-        prompt=args.prompt,
-        num_frames=args.frames,
-        out=args.out,
-        seed=args.seed,
-        steps=args.steps,
-        guidance=args.guidance,
-        stream_guidance=args.stream_guidance,
-        replace_overlap=args.replace_overlap,
-        scheduler=args.scheduler,
-        negative_prompt=args.negative_prompt,
-        model=args.model,
-        fps=args.fps,
-        overwrite=args.overwrite,
-        device=args.device,
-        dtype=args.dtype,
-        offload=args.offload,
-        progress=not args.quiet,
-        enhance=not args.no_enhance,
-        height=args.height,
-        width=args.width,
-        enhancer=args.enhancer,
-        enhance_size=args.enhance_size,
-        method=args.method,
-    )
+    config = from_args(GenerateConfig, args)
     if args.plan:
         from .generate import plan_run
         from .plan import format_plan
 
         print(format_plan(plan_run(config)))
         return 0
+    from .generate import generate
+
     return _report(generate(config))
 
 
 def _enhance(args: argparse.Namespace) -> int:
-    from .generate import EnhanceFileConfig, enhance_file
+    from .enhance_file import enhance_file
 
-    config = EnhanceFileConfig(
-        video=args.video,
-        prompt=args.prompt,
-        out=args.out,
-        mode=args.mode,
-        chunk=args.chunk,
-        overlap=args.overlap,
-        strength=args.strength,
-        steps=args.steps,
-        guidance=args.guidance,
-        seed=args.seed,
-        negative_prompt=args.negative_prompt,
-        model=args.model,
-        size=args.size,
-        fps=args.fps,
-        overwrite=args.overwrite,
-        device=args.device,
-        dtype=args.dtype,
-        offload=args.offload,
-        progress=not args.quiet,
-    )
-    return _report(enhance_file(config))
+    return _report(enhance_file(from_args(EnhanceFileConfig, args)))
 
 
 EVAL_PACKAGES = {"cv2": "opencv-python-headless", "scenedetect": "scenedetect-headless"}

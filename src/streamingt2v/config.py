@@ -1,8 +1,6 @@
 """Typed configs for every stage, with the paper's defaults.
 
-Video tensors use one layout throughout the package, declared here once:
-``(B, C, F, H, W)`` = batch, channels, frames, height, width. Functions that take another
-layout say so in their name (``..._bfchw``, ``..._fhwc``).
+Video tensors use one layout throughout the package (``layout``).
 
 Config field names are saved inside weights files and manifests: they are a public format.
 """
@@ -16,22 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-VIDEO_LAYOUT = "BCFHW"
+from .methods import METHODS
 
 SCHEDULERS = ("ddim", "dpm")
 CAM_MERGES = ("attention", "add", "concat")
 # The enhancer's blending modes (``blending``): the paper's B, B+S and randomized blending.
 MODES = ("independent", "shared-noise", "randomized")
-# The method and the inference-time baselines and ablations it is compared with (the
-# evaluation issue), each described by its value (``streaming``).
-METHODS = {
-    "streamingt2v": "CAM + APM (the paper's method)",
-    "independent": "every chunk from the base model and the text alone (hard cuts expected)",
-    "no-apm": "streaming chunks without the APM (no anchor-frame tokens)",
-    "no-cam": "streaming chunks without the CAM (no conditioning on the previous chunk)",
-    "freenoise": "FreeNoise on the base model: rescheduled noise, window-fused temporal "
-    "attention, the whole video denoised at once (memory grows with the length)",
-}
 
 
 class UsageError(ValueError):
@@ -63,6 +51,31 @@ def check_guidance(value: object, name: str = "guidance") -> None:
         raise UsageError(f"{name} must be a number >= 0, got {value!r}")
     if not (math.isfinite(value) and value >= 0):  # NaN fails both
         raise UsageError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def check_request(
+    prompt: object,
+    num_frames: object,
+    seed: object = 0,
+    size: object = None,
+    method: object = "streamingt2v",
+) -> None:
+    """A UsageError naming the first bad value of a request (before any model is loaded)."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise UsageError(f"prompt must be a non-empty string, got {prompt!r}")
+    n = num_frames
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise UsageError(f"number of frames must be an integer >= 1, got {n!r}")
+    check_seed(seed)
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}; choose one of {list(METHODS)}")
+    if size is None:
+        return
+    if not isinstance(size, (tuple, list)) or len(size) != 2:
+        raise UsageError(f"size must be (height, width), got {size!r}")
+    for name, value in zip(("height", "width"), size, strict=True):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UsageError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 class ModelLoadError(UsageError):
@@ -201,6 +214,36 @@ class SampleConfig:
     def chunk_guidance(self) -> float:
         """The guidance of the streaming chunks (the first chunk's is ``guidance``)."""
         return self.guidance if self.stream_guidance is None else self.stream_guidance
+
+
+@dataclass
+class EnhanceConfig:
+    """Refinement settings (official defaults: chunk 24, overlap 8, t=600 of 1000, 30 steps)."""
+
+    chunk: int = 24
+    overlap: int = 8
+    strength: float = 0.6  # SDEdit noise level as a fraction of the training timesteps
+    steps: int = 30  # sampler steps over the whole [0, 1000) range; strength of them run
+    guidance: float = 7.5
+    mode: str = "randomized"
+    seed: int = 0
+    eta: float = 0.0  # DDIM eta; > 0 draws per-frame step noise from (seed, frame, step)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise UsageError(f"unknown mode {self.mode!r}; choose one of {MODES}")
+        if not 0 < self.strength <= 1:
+            raise UsageError(f"strength must be in (0, 1], got {self.strength}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise UsageError(f"steps must be an integer >= 1, got {self.steps!r}")
+        check_guidance(self.guidance)
+        check_seed(self.seed)
+        if not 1 <= self.overlap < self.chunk:
+            raise UsageError(f"need 1 <= overlap < chunk, got {self.overlap}, {self.chunk}")
+
+    def merged(self, **overrides: Any) -> EnhanceConfig:
+        """These settings with each override that is not None (validated: UsageError)."""
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
 
 C = TypeVar("C")

@@ -24,45 +24,18 @@ ignores them.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import torch
 from diffusers import DDIMScheduler
 
 from .blending import chunk_starts, frame_noise, owners, step_noise
-from .config import MODES, check_guidance, check_seed
+from .config import EnhanceConfig
 
 # x (1, C, F, h, w) noisy latents of one chunk, t, the same frames' clean input latents
 # (1, C, F, h, w; what a conditioned enhancer also reads) -> guided eps (or v) like x.
 ChunkDenoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 # frame indices -> their clean latents (F, C, h, w), read on demand.
 LatentSource = Callable[[range], torch.Tensor]
-
-
-@dataclass
-class EnhanceConfig:
-    """Refinement settings (official defaults: chunk 24, overlap 8, t=600 of 1000, 30 steps)."""
-
-    chunk: int = 24
-    overlap: int = 8
-    strength: float = 0.6  # SDEdit noise level as a fraction of the training timesteps
-    steps: int = 30  # sampler steps over the whole [0, 1000) range; strength of them run
-    guidance: float = 7.5
-    mode: str = "randomized"
-    seed: int = 0
-    eta: float = 0.0  # DDIM eta; > 0 draws per-frame step noise from (seed, frame, step)
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"unknown mode {self.mode!r}; choose one of {MODES}")
-        if not 0 < self.strength <= 1:
-            raise ValueError(f"strength must be in (0, 1], got {self.strength}")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
-        check_guidance(self.guidance)
-        check_seed(self.seed)
-        if not 1 <= self.overlap < self.chunk:
-            raise ValueError(f"need 1 <= overlap < chunk, got {self.overlap}, {self.chunk}")
 
 
 class Schedule:

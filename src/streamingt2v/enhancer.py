@@ -33,8 +33,9 @@ from diffusers import AutoencoderKL, UNet3DConditionModel
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import ModelLoadError, UsageError, read_json
-from .enhance import EnhanceConfig, Schedule, denoise_chunks, denoise_streaming
+from .config import EnhanceConfig, ModelLoadError, UsageError, read_json
+from .enhance import Schedule, denoise_chunks, denoise_streaming
+from .layout import fchw_from_fhwc, hwc_from_chw
 from .models.encoders import TextEncoder
 from .models.unet import vae_factor
 from .models.weights import load_diffusers
@@ -85,16 +86,6 @@ def parse_size(value) -> tuple[int, int]:
     if height < 1 or width < 1:
         raise UsageError(f"size must be positive, got {value!r}")
     return height, width
-
-
-def settings(defaults: EnhanceConfig, **overrides) -> EnhanceConfig:
-    """``defaults`` with the overrides that are not None (validated: UsageError)."""
-    try:
-        return EnhanceConfig(
-            **(asdict(defaults) | {k: v for k, v in overrides.items() if v is not None})
-        )
-    except ValueError as err:
-        raise UsageError(str(err)) from err
 
 
 class _FrameWindow:
@@ -277,8 +268,7 @@ class Enhancer:
     def upscale(self, frames_fhwc: np.ndarray) -> torch.Tensor:
         """(F, H, W, 3) uint8 low-res -> (F, 3, *output_size) in [-1, 1]: the frames that
         SDEdit starts from (bilinear, antialiased where it shrinks)."""
-        x = torch.from_numpy(np.ascontiguousarray(frames_fhwc)).to(self.device)
-        x = x.permute(0, 3, 1, 2).float() / 127.5 - 1
+        x = fchw_from_fhwc(frames_fhwc, self.device)
         return resize(x, self.output_size(*x.shape[2:]))
 
     @torch.no_grad()
@@ -291,8 +281,7 @@ class Enhancer:
     @torch.no_grad()
     def _decode(self, latents_chw: torch.Tensor) -> np.ndarray:
         z = latents_chw[None].to(self.vae.dtype) / self.vae.config.scaling_factor
-        pixels = self.vae.decode(z).sample[0].float().clamp(-1, 1)
-        return ((pixels + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+        return hwc_from_chw(self.vae.decode(z).sample[0])
 
     @torch.no_grad()
     def enhance(

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .config import ModelLoadError, UsageError
+from .layout import fchw_from_fhwc
 from .metrics.mawe import FLOWS, mawe
 from .metrics.scuts import count_cuts
 from .metrics.world_checks import check_video
@@ -61,8 +62,7 @@ class ClipPair:
         """(F, E) unit-length embeddings of (F, H, W, 3) uint8 frames."""
         out = []
         for start in range(0, len(video), batch):
-            x = torch.from_numpy(np.ascontiguousarray(video[start : start + batch]))
-            x = x.permute(0, 3, 1, 2).float() / 127.5 - 1
+            x = fchw_from_fhwc(video[start : start + batch])
             out.append(nn.functional.normalize(self.image(x).float(), dim=-1))
         return torch.cat(out)
 

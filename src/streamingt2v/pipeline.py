@@ -19,6 +19,7 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,7 @@ from .config import (
     config_to_dict,
     read_json,
 )
+from .layout import bcfhw_from_fhwc
 from .models.apm import AppearancePreservationModule
 from .models.cam import ConditionalAttentionModule, check_frame_encoder_matches
 from .models.encoders import ImageEncoder, TextEncoder
@@ -50,8 +52,8 @@ from .models.weights import (
     save_module,
 )
 from .offload import Offloader
-from .sampling import max_steps
-from .streaming import Request, VideoChunk, chunk_count, stream
+from .sampling import chunk_sampler, max_steps
+from .streaming import ChunkModels, Request, VideoChunk, chunk_count, stream
 
 STREAMING_PARTS = ("cam", "apm", "image_encoder")
 
@@ -336,9 +338,7 @@ class StreamingT2VPipeline:
         expected = tuple(size or self.frame_size)
         if tuple(frames_fhwc.shape[1:3]) != expected:
             raise UsageError(f"frames are {frames_fhwc.shape[1:3]}, the model makes {expected}")
-        x = torch.from_numpy(np.ascontiguousarray(frames_fhwc)).to(self.device)
-        x = x.permute(3, 0, 1, 2)[None].float() / 127.5 - 1  # (1, 3, F, H, W)
-        return x.to(self.dtype)
+        return bcfhw_from_fhwc(frames_fhwc, self.device).to(self.dtype)
 
     def _require_streaming(self) -> None:
         if self.cam is None:
@@ -352,6 +352,7 @@ class StreamingT2VPipeline:
         self,
         prompt: str,
         num_frames: int,
+        *,
         seed: int = 0,
         steps: int | None = None,
         guidance: float | None = None,
@@ -363,8 +364,9 @@ class StreamingT2VPipeline:
         width: int | None = None,
         method: str = "streamingt2v",
     ) -> Request:
-        """A validated Request; unset settings take the model's defaults (size included: any
-        height and width that are multiples of the VAE's factor)."""
+        """The one place where a run's settings are made: the folder's defaults
+        (``pipeline_config.json``), each setting the caller gave (not None) replacing its
+        default, validated. Any height and width that are multiples of the VAE's factor."""
         overrides = dict(
             steps=steps,
             guidance=guidance,
@@ -373,7 +375,6 @@ class StreamingT2VPipeline:
             stream_guidance=stream_guidance,
             replace_overlap=replace_overlap,
         )
-        # The folder's settings, each one the caller set replaced (validated anew).
         sample_config = dataclasses.replace(
             self.config.sample, **{k: v for k, v in overrides.items() if v is not None}
         )
@@ -412,23 +413,103 @@ class StreamingT2VPipeline:
             )
         return warnings
 
+    def chunk_models(self) -> ChunkModels:
+        """What the chunk loop (``streaming``) needs of this pipeline."""
+        return ChunkModels(
+            stream=self.config.stream,
+            encode_prompt=self.encode_prompt,
+            encode_anchor=self.encode_anchor,
+            to_model_frames=self.to_model_frames,
+            latent_shape=self.latent_shape,
+            decode=self.decode_latents,
+            sampler=partial(chunk_sampler, self),
+        )
+
     def stream(
-        self, prompt: str, num_frames: int, progress: bool = False, **settings
+        self,
+        prompt: str,
+        num_frames: int,
+        *,
+        seed: int = 0,
+        steps: int | None = None,
+        guidance: float | None = None,
+        scheduler: str | None = None,
+        negative_prompt: str | None = None,
+        stream_guidance: float | None = None,
+        replace_overlap: bool | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        method: str = "streamingt2v",
+        progress: bool = False,
     ) -> Iterator[VideoChunk]:
         """Yield chunks of new frames as they are made (constant memory in the video length).
 
-        Settings: seed, steps, guidance, stream_guidance (the streaming chunks'; None: guidance),
-        replace_overlap (``SampleConfig.replace_overlap``), scheduler ("ddim" or "dpm"),
-        negative_prompt, height, width, method (``streaming.METHODS``: the method or a
-        baseline/ablation).
+        Args:
+            prompt: the text prompt.
+            num_frames: frames in all, any integer >= 1.
+            seed: chunk k's noise derives from (seed, k).
+            steps: denoising steps per chunk (None: the model's).
+            guidance: the first chunk's classifier-free guidance (None: the model's).
+            scheduler: "ddim" (eta 1) or "dpm" (DPM-Solver++) (None: the model's).
+            negative_prompt: the guidance's negative prompt (None: the model's, empty).
+            stream_guidance: the streaming chunks' guidance (None: the model's, else
+                ``guidance``).
+            replace_overlap: ``SampleConfig.replace_overlap`` (None: the model's).
+            height, width: frame size in pixels (None: the model's own).
+            method: the method or a baseline/ablation (``methods.METHODS``).
+            progress: progress bars on stderr.
         """
-        return stream(self, self.request(prompt, num_frames, **settings), progress=progress)
+        request = self.request(
+            prompt,
+            num_frames,
+            seed=seed,
+            steps=steps,
+            guidance=guidance,
+            scheduler=scheduler,
+            negative_prompt=negative_prompt,
+            stream_guidance=stream_guidance,
+            replace_overlap=replace_overlap,
+            height=height,
+            width=width,
+            method=method,
+        )
+        return stream(self.chunk_models(), request, progress=progress)
 
     def __call__(
-        self, prompt: str, num_frames: int, progress: bool = False, **settings
+        self,
+        prompt: str,
+        num_frames: int,
+        *,
+        seed: int = 0,
+        steps: int | None = None,
+        guidance: float | None = None,
+        scheduler: str | None = None,
+        negative_prompt: str | None = None,
+        stream_guidance: float | None = None,
+        replace_overlap: bool | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        method: str = "streamingt2v",
+        progress: bool = False,
     ) -> VideoOutput:
-        """Generate a whole video in memory; same settings as ``stream``."""
-        chunks = list(self.stream(prompt, num_frames, progress=progress, **settings))
+        """Generate a whole video in memory (for short videos); the arguments of ``stream``."""
+        chunks = list(
+            self.stream(
+                prompt,
+                num_frames,
+                seed=seed,
+                steps=steps,
+                guidance=guidance,
+                scheduler=scheduler,
+                negative_prompt=negative_prompt,
+                stream_guidance=stream_guidance,
+                replace_overlap=replace_overlap,
+                height=height,
+                width=width,
+                method=method,
+                progress=progress,
+            )
+        )
         frames = np.concatenate([c.frames for c in chunks])
         return VideoOutput(frames=frames, chunks=chunks, fps=self.config.fps)
 

@@ -11,6 +11,7 @@ the counts (model loading and video writing not included).
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import statistics
 import sys
@@ -24,8 +25,8 @@ from .blending import chunk_starts
 from .config import StreamConfig, UsageError
 from .enhance import EnhanceConfig, Schedule
 from .offload import READ_AHEAD, read_until
-from .sampling import make_scheduler, stream_denoiser, text_denoiser
-from .streaming import Request, chunk_count
+from .sampling import ChunkSampler, text_denoiser
+from .streaming import Request, chunk_contexts, chunk_count
 
 
 @dataclass
@@ -82,9 +83,40 @@ def _weights(*modules) -> int:
     return sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
 
 
+class _Measured(Exception):
+    """Raised from the step callback once enough steps were timed."""
+
+
+def _timed_steps(
+    sampler: ChunkSampler, noise: torch.Tensor, device: torch.device, repeats: int = 3
+) -> float:
+    """Median seconds of a sampling step of the real loop (``sampling.sample``), over
+    ``repeats`` steps after one warm-up step; the loop is stopped once they are timed."""
+    times: list[float] = []
+
+    def tick(_: dict) -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter())
+        if len(times) > repeats + 1:
+            raise _Measured
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    with contextlib.suppress(_Measured):
+        sampler(noise, torch.Generator("cpu").manual_seed(0), callback=tick)
+    steps = [b - a for a, b in zip([started, *times], times, strict=False)]
+    return statistics.median(steps[1:] or steps)
+
+
 @torch.inference_mode()
 def make_plan(pipe, request: Request, enhancer=None, enhance: EnhanceConfig | None = None) -> Plan:
-    """Count and measure the evaluations of ``request`` (and of the enhancer, if given)."""
+    """Count and measure the evaluations of ``request`` (and of the enhancer, if given).
+
+    The UNet steps are timed on the run's own sampler (``methods.chunk_sampler``, the loop of
+    ``sampling.sample``) for the first chunk and for a streaming chunk: the same batch,
+    guidance and precision as the run."""
     if request.method != "streamingt2v":
         raise UsageError(f"--plan covers the method itself, not --method {request.method}")
     device, stream_cfg = pipe.device, pipe.config.stream
@@ -101,16 +133,14 @@ def make_plan(pipe, request: Request, enhancer=None, enhance: EnhanceConfig | No
     modules = [m for m in pipe._modules()] + ([enhancer.unet, enhancer.vae] if enhancer else [])
     plan.weights_bytes = _weights(*{id(m): m for m in modules}.values())
 
-    steps = len(make_scheduler(request.sample, pipe.scheduler_config).timesteps)
-    context = pipe.encode_prompt(request.prompt, request.sample.negative_prompt)
-    latents = torch.randn(pipe.latent_shape(stream_cfg.chunk_frames, request.size))
-    latents = latents.to(device=device, dtype=pipe.dtype)
-    t = torch.tensor(500, device=device)
-    pipe.use_base()  # with --offload, each UNet group is measured on the device, as it runs
-    base = text_denoiser(pipe.unet, context, request.sample.guidance)
-    plan.stages.append(
-        Stage("first chunk: UNet step", steps, _timed(lambda: base(latents, t), device))
-    )
+    models = pipe.chunk_models()
+    contexts = chunk_contexts(models, request)
+    noise = torch.randn(pipe.latent_shape(stream_cfg.chunk_frames, request.size))
+    # With --offload, each UNet group is measured on the device, as it runs.
+    first = models.sampler(request, 0, contexts[0])
+    steps = len(first.scheduler.timesteps)
+    plan.stages.append(Stage("first chunk: UNet step", steps, _timed_steps(first, noise, device)))
+    latents = noise.to(device=device, dtype=pipe.dtype)
     per_frame = _timed(lambda: pipe.decode_latents(latents), device) / latents.shape[2]
     made = stream_cfg.chunk_frames + (chunks - 1) * stream_cfg.new_frames
     plan.stages.append(Stage("decode a frame (VAE)", made, per_frame))
@@ -118,20 +148,13 @@ def make_plan(pipe, request: Request, enhancer=None, enhance: EnhanceConfig | No
         height, width = request.size
         frames = torch.zeros(1, 3, stream_cfg.cond_frames, height, width, device=device)
         embeds = pipe.encode_anchor(frames[:, :, 0])
-        pipe.use_streaming()
-        dtype = pipe.stream_dtype  # the streaming stage's own precision (stream_dtype)
-        denoise = stream_denoiser(
-            pipe.stream_unet,
-            pipe.cam,
-            pipe.apm,
-            context.to(dtype),
-            embeds,
-            frames.to(dtype),
-            request.sample.chunk_guidance,  # the streaming chunks' guidance, as the run's
-        )
-        step = _timed(lambda: denoise(latents.to(dtype), t), device)
+        streaming = models.sampler(request, 1, contexts[1], frames.to(pipe.dtype), embeds)
         plan.stages.append(
-            Stage("streaming chunks: UNet + CAM + APM step", steps * (chunks - 1), step)
+            Stage(
+                "streaming chunks: UNet + CAM + APM step",
+                len(streaming.scheduler.timesteps) * (chunks - 1),
+                _timed_steps(streaming, noise, device),
+            )
         )
     if enhancer is not None:
         plan.stages += _enhancer_stages(enhancer, enhance, request, device)

@@ -1,16 +1,21 @@
-"""Denoisers and the sampling loop.
+"""Denoisers, the sampling loop, and the one factory of chunk samplers.
 
 A *denoiser* is a closure ``(x, t) -> eps`` over latents ``(B, C, F, H, W)``; classifier-free
 guidance, the CAM's conditioning features and the APM's image tokens are bound into it here,
 so the UNet knows nothing of guidance (STYLE 2). The loop ``sample`` steps any diffusers
 scheduler (DDIM, DPM-Solver++) with one calling convention; the streaming loop calls it and
-never re-implements a step.
+never re-implements a step. ``chunk_sampler`` builds what samples one chunk of a run for
+every method (``methods.METHODS``); the chunk loop, ``--plan`` and the benchmarks all call
+it, so what the plan measures is what the run computes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
@@ -18,11 +23,21 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from tqdm.auto import tqdm
 
 from .config import SampleConfig
+from .freenoise import windowed_temporal_attention
+from .methods import FREENOISE_STRIDE, METHODS
 from .models.apm import AppearancePreservationModule
 from .models.cam import ConditionalAttentionModule
-from .models.unet import unet_forward
+from .models.unet import unet_forward, video_latents
+
+if TYPE_CHECKING:
+    from .pipeline import StreamingT2VPipeline
+    from .streaming import Request
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# Called after every step with {"i": step index, "t": timestep, "x": the latents after it}
+# (k-diffusion's convention): progress displays, ``--plan``'s timing and diagnostics observe
+# the real loop through it. It may raise to stop the loop.
+StepCallback = Callable[[dict[str, Any]], None]
 
 
 def max_steps(scheduler_config: dict[str, Any]) -> int:
@@ -127,6 +142,7 @@ def sample(
     progress: bool = False,
     desc: str = "steps",
     known: torch.Tensor | None = None,
+    callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """Run ``scheduler``'s timesteps from noise ``latents`` (B, C, F, H, W) to clean latents.
 
@@ -140,11 +156,14 @@ def sample(
     kwargs: dict[str, Any] = {"generator": generator}
     if isinstance(scheduler, DDIMScheduler):
         kwargs["eta"] = eta
-    for t in tqdm(scheduler.timesteps, desc=desc, disable=not progress, leave=False):
+    steps = tqdm(scheduler.timesteps, desc=desc, disable=not progress, leave=False)
+    for i, t in enumerate(steps):
         if known is not None:
             x = _with_known(x, known, latents, float(scheduler.alphas_cumprod[t]))
         eps = denoise(scheduler.scale_model_input(x, t), t)
         x = scheduler.step(eps, t, x, **kwargs).prev_sample
+        if callback is not None:
+            callback({"i": i, "t": t, "x": x})
     if known is not None:
         x = _with_known(x, known, latents, 1.0)
     return x
@@ -157,3 +176,84 @@ def _with_known(
     f = known.shape[2]
     noised = alpha_bar**0.5 * known + (1 - alpha_bar) ** 0.5 * noise[:, :, :f]
     return torch.cat([noised.to(x.dtype), x[:, :, f:]], dim=2)
+
+
+@dataclass
+class ChunkSampler:
+    """What samples one chunk (``methods.chunk_sampler`` makes it): the denoiser with its
+    guidance bound in, a fresh scheduler, the precision and device of the chunk's models,
+    and the options of ``sample``. ``patch``: a context manager the sampling runs inside
+    (FreeNoise's windowed attention)."""
+
+    denoise: Denoiser
+    scheduler: SchedulerMixin
+    device: torch.device
+    dtype: torch.dtype
+    eta: float = 1.0
+    known: torch.Tensor | None = None
+    patch: Callable[[], AbstractContextManager] = nullcontext
+
+    def __call__(
+        self,
+        noise: torch.Tensor,
+        generator: torch.Generator,
+        progress: bool = False,
+        desc: str = "steps",
+        callback: StepCallback | None = None,
+    ) -> torch.Tensor:
+        """Clean latents from ``noise`` (B, C, F, h, w), which is moved to the chunk's device
+        and precision; ``generator`` feeds the stochastic steps."""
+        with self.patch():
+            return sample(
+                self.denoise,
+                noise.to(device=self.device, dtype=self.dtype),
+                self.scheduler,
+                generator,
+                eta=self.eta,
+                progress=progress,
+                desc=desc,
+                known=self.known,
+                callback=callback,
+            )
+
+
+def chunk_sampler(
+    pipe: StreamingT2VPipeline,
+    request: Request,
+    index: int,
+    context: torch.Tensor,
+    cond_frames: torch.Tensor | None = None,
+    image_embeds: torch.Tensor | None = None,
+) -> ChunkSampler:
+    """What samples chunk ``index`` of ``request``: its denoiser (guidance bound in), its
+    scheduler, precision and device. With offload, the chunk's UNet group is moved in.
+
+    context: (2, T, D) text tokens as [negative, prompt]. A streaming chunk also needs the
+    conditioning frames (1, 3, F_cond, H, W) in [-1, 1] and the APM embeddings (2, E) as
+    [unconditional image, anchor].
+    """
+    method, sample = METHODS[request.method], request.sample
+    scheduler = make_scheduler(sample, pipe.scheduler_config, index)
+    if index == 0 or not method.streaming:
+        pipe.use_base()
+        denoise = text_denoiser(pipe.unet, context.to(pipe.dtype), sample.guidance)
+        patch = nullcontext
+        if method.whole_video:
+            window = pipe.config.stream.chunk_frames
+            patch = partial(windowed_temporal_attention, pipe.unet, window, FREENOISE_STRIDE)
+        return ChunkSampler(denoise, scheduler, pipe.device, pipe.dtype, sample.eta, patch=patch)
+    if cond_frames is None or image_embeds is None:
+        raise ValueError(f"chunk {index} needs conditioning frames and the anchor embedding")
+    pipe.use_streaming()
+    dtype = pipe.stream_dtype
+    denoise = stream_denoiser(
+        pipe.stream_unet,
+        pipe.cam if method.cam else None,
+        pipe.apm if method.apm else None,
+        context.to(dtype),
+        image_embeds,
+        cond_frames,
+        sample.chunk_guidance,
+    )
+    known = video_latents(pipe.vae, cond_frames) if sample.replace_overlap else None
+    return ChunkSampler(denoise, scheduler, pipe.device, dtype, sample.eta, known=known)

@@ -12,6 +12,10 @@ is made, and the loop keeps only the conditioning frames and the anchor embeddin
 Each chunk's noise (initial latents and the stochastic sampler steps) comes from one
 generator seeded by (seed, chunk index), so any chunk can be regenerated alone from its
 conditioning frames and the anchor, bit for bit (tested).
+
+The loop sees the models only through ``ChunkModels`` (``pipe.chunk_models()``): encoding
+the prompt and the anchor, the latent shape, decoding, and the factory of chunk samplers
+(``methods.chunk_sampler``).
 """
 
 from __future__ import annotations
@@ -19,53 +23,34 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import METHODS, SampleConfig, StreamConfig, UsageError, check_seed
-from .freenoise import rescheduled_noise, windowed_temporal_attention
-from .models.unet import video_latents
-from .sampling import make_scheduler, sample, stream_denoiser, text_denoiser
-
-if TYPE_CHECKING:
-    from .pipeline import StreamingT2VPipeline
-
-
-FREENOISE_STRIDE = 4  # frames between FreeNoise's attention windows (its paper's default)
+from .config import SampleConfig, StreamConfig, UsageError, check_request
+from .freenoise import rescheduled_noise
+from .layout import fhwc_from_cfhw
+from .methods import FREENOISE_STRIDE, METHODS
+from .sampling import ChunkSampler
 
 
 @dataclass
 class Request:
-    """What to generate. ``num_frames`` may be any integer >= 1 (see ``chunk_count``)."""
+    """What to generate. ``num_frames`` may be any integer >= 1 (see ``chunk_count``).
+    ``pipe.request`` makes one from the model's defaults and the caller's settings."""
 
     prompt: str
     num_frames: int
     seed: int = 0
     sample: SampleConfig = field(default_factory=SampleConfig)
     size: tuple[int, int] | None = None  # (height, width) in pixels; None: the model's own
-    method: str = "streamingt2v"  # or a baseline / ablation of METHODS
+    method: str = "streamingt2v"  # or a baseline / ablation of methods.METHODS
 
     def __post_init__(self) -> None:
-        if not isinstance(self.prompt, str) or not self.prompt.strip():
-            raise UsageError(f"prompt must be a non-empty string, got {self.prompt!r}")
-        n = self.num_frames
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise UsageError(f"number of frames must be an integer >= 1, got {n!r}")
-        check_seed(self.seed)
-        if self.method not in METHODS:
-            raise UsageError(f"unknown method {self.method!r}; choose one of {list(METHODS)}")
-        if self.size is None:
-            return
-        if not isinstance(self.size, (tuple, list)) or len(self.size) != 2:
-            raise UsageError(f"size must be (height, width), got {self.size!r}")
-        for name, value in zip(("height", "width"), self.size, strict=True):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UsageError(f"{name} must be an integer >= 1, got {value!r}")
+        check_request(self.prompt, self.num_frames, self.seed, self.size, self.method)
 
 
 @dataclass
@@ -77,6 +62,28 @@ class VideoChunk:
     frames: np.ndarray  # (F_new, H, W, 3) uint8
     seed: int  # the seed of this chunk's generator
     seconds: float  # wall time to make it, decoding included
+
+
+@dataclass(frozen=True)
+class ChunkModels:
+    """What the chunk loop needs of the models, and nothing more (``pipe.chunk_models()``).
+
+    Tensors: pixels in [-1, 1], (B, C, F, H, W) (``layout``); sizes are (height, width).
+    """
+
+    stream: StreamConfig
+    # (prompt, negative prompt) -> (2, T, D) text tokens as [negative, prompt]
+    encode_prompt: Callable[[str, str], torch.Tensor]
+    # (1, 3, H, W) anchor frame -> (2, E) APM embeddings as [unconditional image, anchor]
+    encode_anchor: Callable[[torch.Tensor], torch.Tensor]
+    # ((F, H, W, 3) uint8, size) -> (1, 3, F, H, W) on the models' device
+    to_model_frames: Callable[[np.ndarray, tuple[int, int] | None], torch.Tensor]
+    # (frames, size) -> the latent shape (1, C, F, h, w) of one chunk
+    latent_shape: Callable[[int, tuple[int, int] | None], tuple[int, ...]]
+    # (1, C, F, h, w) latents -> (1, 3, F, H, W) pixels
+    decode: Callable[[torch.Tensor], torch.Tensor]
+    # (request, chunk index, context, cond_frames, image_embeds) -> the chunk's sampler
+    sampler: Callable[..., ChunkSampler]
 
 
 def chunk_count(num_frames: int, stream: StreamConfig) -> int:
@@ -96,7 +103,7 @@ def chunk_seed(seed: int, index: int) -> int:
 
 
 def generate_chunk(
-    pipe: StreamingT2VPipeline,
+    models: ChunkModels,
     request: Request,
     index: int,
     context: torch.Tensor,
@@ -107,52 +114,19 @@ def generate_chunk(
     """Make chunk ``index`` and return its new frames decoded, (1, 3, F_new, H, W) in [-1, 1].
 
     Chunk 0 needs only the text context (2, T, D). A later chunk needs the conditioning frames
-    (1, 3, F_cond, H, W) and the APM image embeddings (2, E) as [zeros image, anchor].
+    (1, 3, F_cond, H, W) and the APM image embeddings (2, E) as [unconditional image, anchor].
     """
-    stream = pipe.config.stream
+    stream = models.stream
     generator = torch.Generator("cpu").manual_seed(chunk_seed(request.seed, index))
-    shape = pipe.latent_shape(stream.chunk_frames, request.size)
-    noise = torch.randn(shape, generator=generator)
-    streaming = index > 0 and request.method != "independent"
-    dtype = pipe.stream_dtype if streaming else pipe.dtype
-    noise = noise.to(device=pipe.device, dtype=dtype)  # (1, C, F, h, w)
-    context = context.to(dtype)
-    scheduler = make_scheduler(request.sample, pipe.scheduler_config, index)
-    known = None
-    if index == 0 or request.method == "independent":
-        pipe.use_base()
-        denoise = text_denoiser(pipe.unet, context, request.sample.guidance)
-    else:
-        if cond_frames is None or image_embeds is None:
-            raise ValueError(f"chunk {index} needs conditioning frames and the anchor embedding")
-        pipe.use_streaming()
-        denoise = stream_denoiser(
-            pipe.stream_unet,
-            None if request.method == "no-cam" else pipe.cam,
-            None if request.method == "no-apm" else pipe.apm,
-            context,
-            image_embeds,
-            cond_frames,
-            request.sample.chunk_guidance,
-        )
-        if request.sample.replace_overlap:
-            known = video_latents(pipe.vae, cond_frames)  # (1, C, F_cond, h, w)
-    latents = sample(
-        denoise,
-        noise,
-        scheduler,
-        generator,
-        eta=request.sample.eta,
-        progress=progress,
-        desc=f"chunk {index}",
-        known=known,
-    )
+    noise = torch.randn(models.latent_shape(stream.chunk_frames, request.size), generator=generator)
+    sampler = models.sampler(request, index, context, cond_frames, image_embeds)
+    latents = sampler(noise, generator, progress=progress, desc=f"chunk {index}")
     keep_from = 0 if index == 0 else stream.cond_frames
-    return pipe.decode_latents(latents[:, :, keep_from:])
+    return models.decode(latents[:, :, keep_from:])
 
 
 def regenerate_chunk(
-    pipe: StreamingT2VPipeline,
+    models: ChunkModels,
     request: Request,
     index: int,
     cond_frames: np.ndarray | None = None,
@@ -165,55 +139,55 @@ def regenerate_chunk(
     (F_new, H, W, 3) uint8: equal to that chunk inside the full run.
     """
     with torch.inference_mode():
-        context = chunk_contexts(pipe, request)[min(index, 1)]
+        context = chunk_contexts(models, request)[min(index, 1)]
         cond = embeds = None
         if index > 0:
             if cond_frames is None or anchor is None:
                 raise UsageError(f"chunk {index} needs its conditioning frames and the anchor")
-            cond = pipe.to_model_frames(cond_frames, request.size)
-            embeds = pipe.encode_anchor(pipe.to_model_frames(anchor[None], request.size)[:, :, 0])
-        frames = generate_chunk(pipe, request, index, context, cond, embeds)
-    return to_uint8_fhwc(frames[0])
+            cond = models.to_model_frames(cond_frames, request.size)
+            embeds = models.encode_anchor(
+                models.to_model_frames(anchor[None], request.size)[:, :, 0]
+            )
+        frames = generate_chunk(models, request, index, context, cond, embeds)
+    return fhwc_from_cfhw(frames[0])
 
 
-def chunk_contexts(pipe: StreamingT2VPipeline, request: Request) -> list[torch.Tensor]:
+def chunk_contexts(models: ChunkModels, request: Request) -> list[torch.Tensor]:
     """[the first chunk's, the streaming chunks'] text contexts (2, T, D) as [negative,
     prompt]: they differ where the first chunk's guidance has no negative prompt
     (``SampleConfig.first_chunk_negative_prompt``, the official setting)."""
     sample = request.sample
-    streaming = pipe.encode_prompt(request.prompt, sample.negative_prompt_of(1))
+    streaming = models.encode_prompt(request.prompt, sample.negative_prompt_of(1))
     if sample.negative_prompt_of(0) == sample.negative_prompt_of(1):
         return [streaming, streaming]
-    return [pipe.encode_prompt(request.prompt, sample.negative_prompt_of(0)), streaming]
+    return [models.encode_prompt(request.prompt, sample.negative_prompt_of(0)), streaming]
 
 
-def stream(
-    pipe: StreamingT2VPipeline, request: Request, progress: bool = False
-) -> Iterator[VideoChunk]:
+def stream(models: ChunkModels, request: Request, progress: bool = False) -> Iterator[VideoChunk]:
     """Yield the video chunk by chunk; exactly ``request.num_frames`` frames in all.
 
     The conditioning frames and the anchor are taken from the uint8 frames handed out, so a
     chunk depends only on what the video holds (and can be regenerated from a saved video).
     """
-    if request.method == "freenoise":
-        yield _freenoise(pipe, request, progress)
+    if METHODS[request.method].whole_video:
+        yield _whole_video(models, request, progress)
         return
-    stream_cfg = pipe.config.stream
+    stream_cfg = models.stream
     total = chunk_count(request.num_frames, stream_cfg)
     with torch.inference_mode():
-        contexts = chunk_contexts(pipe, request)
+        contexts = chunk_contexts(models, request)
     made = 0
     cond = embeds = None
     for index in tqdm(range(total), desc="chunks", disable=not progress):
         started = time.perf_counter()
         with torch.inference_mode():
             context = contexts[min(index, 1)]
-            decoded = generate_chunk(pipe, request, index, context, cond, embeds, progress)
-            frames = to_uint8_fhwc(decoded[0])  # (F_new, H, W, 3)
+            decoded = generate_chunk(models, request, index, context, cond, embeds, progress)
+            frames = fhwc_from_cfhw(decoded[0])  # (F_new, H, W, 3)
             if index == 0 and total > 1:
-                anchor = pipe.to_model_frames(frames[:1], request.size)[:, :, 0]
-                embeds = pipe.encode_anchor(anchor)
-            cond = pipe.to_model_frames(frames[-stream_cfg.cond_frames :], request.size)
+                anchor = models.to_model_frames(frames[:1], request.size)[:, :, 0]
+                embeds = models.encode_anchor(anchor)
+            cond = models.to_model_frames(frames[-stream_cfg.cond_frames :], request.size)
         keep = min(len(frames), request.num_frames - made)
         yield VideoChunk(
             index=index,
@@ -225,34 +199,18 @@ def stream(
         made += keep
 
 
-def _freenoise(pipe: StreamingT2VPipeline, request: Request, progress: bool) -> VideoChunk:
-    """The FreeNoise baseline's whole video as one chunk (``freenoise.py``)."""
+def _whole_video(models: ChunkModels, request: Request, progress: bool) -> VideoChunk:
+    """The FreeNoise baseline's whole video as one chunk (``freenoise.py``): rescheduled
+    noise over all frames, sampled at once."""
     started = time.perf_counter()
-    window = pipe.config.stream.chunk_frames
+    window = models.stream.chunk_frames
     seed = chunk_seed(request.seed, 0)
     generator = torch.Generator("cpu").manual_seed(seed)
-    shape = pipe.latent_shape(max(request.num_frames, window), request.size)
+    shape = models.latent_shape(max(request.num_frames, window), request.size)
     noise = rescheduled_noise(shape, window, FREENOISE_STRIDE, generator)
     with torch.inference_mode():
-        context = pipe.encode_prompt(request.prompt, request.sample.negative_prompt)
-        pipe.use_base()
-        denoise = text_denoiser(pipe.unet, context, request.sample.guidance)
-        scheduler = make_scheduler(request.sample, pipe.scheduler_config)
-        with windowed_temporal_attention(pipe.unet, window, FREENOISE_STRIDE):
-            latents = sample(
-                denoise,
-                noise.to(device=pipe.device, dtype=pipe.dtype),
-                scheduler,
-                generator,
-                eta=request.sample.eta,
-                progress=progress,
-                desc="freenoise",
-            )
-        frames = to_uint8_fhwc(pipe.decode_latents(latents)[0])[: request.num_frames]
+        context = models.encode_prompt(request.prompt, request.sample.negative_prompt)
+        sampler = models.sampler(request, 0, context)
+        latents = sampler(noise, generator, progress=progress, desc="freenoise")
+        frames = fhwc_from_cfhw(models.decode(latents)[0])[: request.num_frames]
     return VideoChunk(0, 0, frames, seed, time.perf_counter() - started)
-
-
-def to_uint8_fhwc(video_cfhw: torch.Tensor) -> np.ndarray:
-    """(3, F, H, W) in [-1, 1] -> (F, H, W, 3) uint8, rounding to nearest."""
-    x = ((video_cfhw.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(1, 2, 3, 0).cpu().numpy()  # (F, H, W, 3)

@@ -39,6 +39,7 @@ from diffusers.models.attention_processor import Attention
 from torch import nn
 
 from ..config import CamConfig, ModelLoadError
+from ..layout import fold
 from .unet import UNetFeatures, encode, skip_channels, unet_forward, with_skips
 
 # The modules of the base UNet that form the CAM trunk, named as in diffusers so that the same
@@ -186,9 +187,8 @@ class ConditionalAttentionModule(nn.Module):
 
         Independent of the diffusion step: compute it once per chunk.
         """
-        frames_bfchw = frames.permute(0, 2, 1, 3, 4).flatten(0, 1)  # (B*F_cond, 3, H, W)
         dtype = self.controlnet_cond_embedding.conv_in.weight.dtype
-        return self.controlnet_cond_embedding(frames_bfchw.to(dtype))
+        return self.controlnet_cond_embedding(fold(frames).to(dtype))
 
     def features(
         self,

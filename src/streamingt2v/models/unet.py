@@ -20,6 +20,7 @@ from diffusers import UNet3DConditionModel
 from torch import nn
 
 from ..config import UsageError
+from ..layout import fold, unfold
 
 
 @dataclass
@@ -44,9 +45,8 @@ def vae_factor(vae) -> int:
 
 def video_latents(vae, video: torch.Tensor) -> torch.Tensor:
     """(B, 3, F, H, W) pixels in [-1, 1] -> (B, C, F, h, w) scaled latents (posterior means)."""
-    frames = video.permute(0, 2, 1, 3, 4).flatten(0, 1).to(vae.dtype)  # (B*F, 3, H, W)
-    z = vae.encode(frames).latent_dist.mean * vae.config.scaling_factor
-    return z.unflatten(0, (len(video), -1)).permute(0, 2, 1, 3, 4)
+    z = vae.encode(fold(video).to(vae.dtype)).latent_dist.mean * vae.config.scaling_factor
+    return unfold(z, len(video))
 
 
 def _time_embedding(unet: nn.Module, timestep: torch.Tensor | float | int, batch: int, dtype):
@@ -78,7 +78,7 @@ def encode(
     emb = emb.repeat_interleave(num_frames, dim=0)  # (B*F, C_temb)
     context = context.repeat_interleave(num_frames, dim=0)  # (B*F, T, D)
 
-    h = sample.permute(0, 2, 1, 3, 4).flatten(0, 1)  # (B*F, C, H, W)
+    h = fold(sample)  # (B*F, C, H, W)
     h = unet.conv_in(h)
     if conv_in_residual is not None:
         h = h + conv_in_residual
@@ -123,7 +123,7 @@ def decode(unet: UNet3DConditionModel, feats: UNetFeatures) -> torch.Tensor:
     if unet.conv_norm_out is not None:
         h = unet.conv_act(unet.conv_norm_out(h))
     h = unet.conv_out(h)  # (B*F, C_out, H, W)
-    return h.unflatten(0, (feats.batch, feats.num_frames)).permute(0, 2, 1, 3, 4)  # (B,C,F,H,W)
+    return unfold(h, feats.batch)  # (B, C, F, H, W)
 
 
 def unet_forward(

@@ -37,6 +37,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from ..config import ApmConfig, CamConfig, PipelineConfig, StreamConfig, UsageError
 from ..enhancer import Enhancer, EnhancerConfig, resize
+from ..layout import fhwc_from_cfhw, fold, uint8_from_unit, unfold
 from ..models.apm import AppearancePreservationModule
 from ..models.cam import ConditionalAttentionModule
 from ..models.encoders import ImageEncoder, PromptTable, TextEncoder
@@ -45,7 +46,6 @@ from ..models.weights import load_diffusers
 from ..pipeline import StreamingT2VPipeline
 from ..random_models import MODELSCOPE_SCHEDULER
 from ..sampling import stream_model
-from ..streaming import to_uint8_fhwc
 from ..video_io import VideoWriter
 from ..world.dataset import WorldClips, clip_batch
 from ..world.render import (
@@ -243,9 +243,8 @@ def object_mask(frames: torch.Tensor, margin: int = 0) -> torch.Tensor:
 def object_cells(video: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(B, 3, F, H, W) pixels -> (B, 1, F, h, w): 1 on each latent cell of side ``size`` that
     the object touches in that frame."""
-    frames = video.permute(0, 2, 1, 3, 4).flatten(0, 1)  # (B*F, 3, H, W)
-    touched = nn.functional.adaptive_max_pool2d(object_mask(frames), size)  # (B*F, 1, h, w)
-    return touched.unflatten(0, (len(video), -1)).permute(0, 2, 1, 3, 4)
+    touched = nn.functional.adaptive_max_pool2d(object_mask(fold(video)), size)  # (B*F, 1, h, w)
+    return unfold(touched, len(video))
 
 
 def _static_key(caption: str) -> tuple[str, str, str]:
@@ -472,13 +471,11 @@ class EnhancerStage(BaseStage):
         if not self.condition:
             return x
         size = video.shape[-2:]
-        frames = video.permute(0, 2, 1, 3, 4).flatten(0, 1)  # (B*F, 3, H, W)
-        low = resize(frames, (size[0] // self.scale, size[1] // self.scale))
-        low = low.unflatten(0, (len(video), -1)).permute(0, 2, 1, 3, 4)  # (B, 3, F, h, w)
+        low = resize(fold(video), (size[0] // self.scale, size[1] // self.scale))
+        low = unfold(low, len(video))  # (B, 3, F, h, w)
         if self.degrade_blur or self.degrade_noise:  # no draws otherwise: runs replay
             low = degraded(low, self.degrade_blur, self.degrade_noise, generator)
-        frames = resize(low.permute(0, 2, 1, 3, 4).flatten(0, 1), tuple(size))  # (B*F, 3, H, W)
-        up = frames.unflatten(0, (len(video), -1)).permute(0, 2, 1, 3, 4)  # (B, 3, F, H, W)
+        up = unfold(resize(fold(low), tuple(size)), len(video))  # (B, 3, F, H, W)
         return torch.cat([x, self.encode_video(up)], dim=1)
 
     @torch.no_grad()
@@ -583,9 +580,8 @@ class StreamStage(LatentVideoStage):
     def through_vae(self, video: torch.Tensor) -> torch.Tensor:
         """Pixels -> latents -> pixels: conditioning frames look like generated ones."""
         z = self.encode_video(video) / self.vae.config.scaling_factor  # (B, C, F, h, w)
-        frames = z.permute(0, 2, 1, 3, 4).flatten(0, 1)
-        pixels = self.vae.decode(frames).sample.clamp(-1, 1)
-        return pixels.unflatten(0, (video.shape[0], -1)).permute(0, 2, 1, 3, 4)
+        pixels = self.vae.decode(fold(z)).sample.clamp(-1, 1)
+        return unfold(pixels, video.shape[0])
 
     def batch_loss(self, index: int, batch: dict) -> torch.Tensor:
         g = generator_for(self.cfg, index)
@@ -640,7 +636,7 @@ def build_stage(cfg: TrainConfig, device: torch.device) -> Stage:
 def _save_strip(images: torch.Tensor, path: Path, per_row: int) -> None:
     from PIL import Image
 
-    x = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    x = uint8_from_unit(images).permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, 3)
     rows = [np.concatenate(list(x[i : i + per_row]), 1) for i in range(0, len(x), per_row)]
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate(rows, 0)).save(path)
@@ -661,7 +657,7 @@ def _sample_enhanced(enhancer: Enhancer, folder: Path, size: int, frames: int = 
         low = render(sample_params(np.random.default_rng(i), **parse_caption(prompt)), frames, size)
         cfg = replace(enhancer.config.defaults, seed=i)
         enhanced = np.stack(list(enhancer.enhance(iter(low), frames, prompt, cfg)))
-        up = to_uint8_fhwc(enhancer.upscale(low).transpose(0, 1))  # (F, H, W, 3)
+        up = fhwc_from_cfhw(enhancer.upscale(low).transpose(0, 1))  # (F, H, W, 3)
         writer = VideoWriter(folder / f"enhanced_{i}.gif", 8)
         writer.write(np.concatenate([up, enhanced], axis=2))  # (F, H, 2W, 3)
         writer.finish()

@@ -1,0 +1,169 @@
+"""Writing a run's output: the video and its JSON manifest, safely.
+
+All checks come before any work, and nothing on disk is replaced until the video is
+complete (or the run is stopped with Ctrl-C or SIGTERM, which finishes a playable video of
+the frames made so far and records ``"interrupted": true`` in the manifest). A run holds its
+output's ``OutputLock`` throughout, so a second run on the same output is refused up front;
+the video and the manifest each replace their target in one rename. A write that fails (a
+full disk, a lost permission) raises ``OutputError`` and leaves what existed as it was, with
+no temporary file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import OutputError, UsageError
+from .video_io import (
+    OutputLock,
+    VideoWriter,
+    output_kind,
+    partial_path,
+    remove_path,
+    remove_stale_partials,
+)
+
+
+@dataclass
+class GenerateResult:
+    video: Path
+    manifest: Path
+    frames: int
+    interrupted: bool
+    seconds: float
+    stopped_by: str | None = None  # "SIGINT" (Ctrl-C) or "SIGTERM" when interrupted
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop asked for by a signal other than Ctrl-C (the CLI raises it on SIGTERM); handled
+    exactly like Ctrl-C. ``str(stop)`` is the signal's name."""
+
+
+def manifest_path(out: Path) -> Path:
+    return out.with_name(out.name + ".json")
+
+
+def check_output(out: Path, overwrite: bool) -> None:
+    """Fail early, before any work, if ``out`` cannot or may not be written."""
+    output_kind(out)
+    for path in (out, manifest_path(out)):
+        if path.exists() and not overwrite:
+            raise UsageError(f"{path} exists; pass --overwrite to replace it")
+    if out.is_dir() and output_kind(out) != "frames":
+        raise UsageError(f"{out} is a folder, not a video file")
+    parent = out.parent
+    if not parent.is_dir():
+        raise UsageError(f"output folder does not exist: {parent}")
+    try:  # the only reliable test of writability (permission bits lie for root)
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".streamingt2v-check-"):
+            pass
+    except OSError as err:
+        raise UsageError(f"cannot write to output folder {parent}: {err.strerror}") from err
+
+
+@contextmanager
+def claimed_output(out: Path, overwrite: bool) -> Iterator[None]:
+    """Hold ``out``'s ``OutputLock`` for a run: checked again once held (a run may have
+    finished meanwhile), and cleared of what runs killed outright left beside it."""
+    with OutputLock(out):
+        check_output(out, overwrite)
+        for target in (out, manifest_path(out)):
+            remove_stale_partials(target)
+        yield
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every file in the model folder, by relative path."""
+    hashes = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        hashes[path.relative_to(folder).as_posix()] = digest.hexdigest()
+    return hashes
+
+
+def write_video(
+    frames: Iterator[np.ndarray],
+    out: Path,
+    fps: int,
+    manifest: dict[str, Any],
+    overwrite: bool = True,
+) -> GenerateResult:
+    """Write frames as they come, then the video and its manifest, each into place in one
+    rename. Ctrl-C (or ``Stopped``) keeps a playable video of the frames made so far
+    (``"interrupted": true``); any other error, or a stop before the first frame, leaves
+    nothing behind and replaces nothing. A failed write raises OutputError naming the path
+    and the cause."""
+    with _writing(out):
+        writer = VideoWriter(out, fps)
+    started = time.perf_counter()
+    stopped_by = None
+    try:
+        for frame in frames:
+            with _writing(out):
+                writer.write(frame[None])
+    except KeyboardInterrupt as stop:
+        stopped_by = str(stop) if isinstance(stop, Stopped) else "SIGINT"
+        if writer.frames_written == 0:
+            writer.abort()
+            raise
+    except BaseException:
+        writer.abort()
+        raise
+    seconds = time.perf_counter() - started
+    manifest.update(
+        frames=writer.frames_written,
+        interrupted=stopped_by is not None,
+        stopped_by=stopped_by,
+        seconds=round(seconds, 3),
+    )
+    path = manifest_path(out)
+    manifest_tmp = partial_path(path)
+    try:
+        with _writing(out):
+            writer.close()
+        with _writing(path):
+            manifest_tmp.write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n")
+        with _writing(out):
+            video = writer.finish(overwrite)
+        with _writing(path):
+            os.replace(manifest_tmp, path)
+    except BaseException:
+        writer.abort()
+        remove_path(manifest_tmp)
+        raise
+    return GenerateResult(
+        video, path, writer.frames_written, stopped_by is not None, seconds, stopped_by
+    )
+
+
+class _writing:
+    """Turns an OSError while writing ``path`` into an OutputError naming the path and the
+    cause (``No space left on device``, ``Permission denied``, ...)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, err, traceback) -> bool:
+        if isinstance(err, OSError):
+            cause = err.strerror or str(err) or type(err).__name__
+            raise OutputError(
+                f"cannot write {self.path}: {cause}; nothing existing was changed"
+            ) from err
+        return False

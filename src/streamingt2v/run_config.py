@@ -1,0 +1,243 @@
+"""The settings of the commands that run models (``generate``, ``enhance``), each declared once.
+
+A field is the Python API's argument and, through ``options.option``, the command line's
+flag with its help text: ``cli.py`` builds both commands from these classes. Every value is
+checked here, before any model is loaded (no torch import: ``--help`` stays instant).
+Unset sampling settings (None) take the model folder's defaults when the run starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import MODES, SCHEDULERS, EnhanceConfig, SampleConfig, UsageError, check_request
+from .methods import METHODS
+from .options import option
+
+DTYPE_NAMES = ("float32", "float16", "bfloat16")
+# The embedded default model shipped in the package (used where no --model is given).
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+
+# Help texts name the model's defaults as {steps}, {guidance}, {scheduler}: the CLI fills
+# them from the embedded default's pipeline_config.json (``cli._model_defaults``).
+
+
+@dataclass(kw_only=True)
+class RunOptions:
+    """Device, precision, offload, overwriting and progress: shared by the commands."""
+
+    device: str = option("auto", "cpu, cuda, cuda:1, ... (default: auto)")
+    dtype: str = option(
+        "auto",
+        "weights' precision (default: float16 on CUDA, float32 on CPU; a model folder's "
+        "stream_dtype, e.g. float32 for a converted official checkpoint, then keeps the "
+        "streaming stage in that precision)",
+        choices=["auto", *DTYPE_NAMES],
+    )
+    offload: bool = option(
+        False,
+        "keep each UNet in CPU memory until its stage runs (less GPU memory)",
+        action="store_true",
+    )
+    overwrite: bool = option(False, "replace an existing output", action="store_true")
+    progress: bool = option(
+        True, "no progress bars or warnings", flag="--quiet", action="store_false"
+    )
+
+    def __post_init__(self) -> None:
+        if self.dtype != "auto" and self.dtype not in DTYPE_NAMES:
+            raise UsageError(
+                f"unknown dtype {self.dtype!r}; choose auto or one of {list(DTYPE_NAMES)}"
+            )
+
+
+def check_fps(fps: object) -> None:
+    if fps is not None and (
+        isinstance(fps, bool) or not isinstance(fps, int) or not 1 <= fps <= 240
+    ):
+        raise UsageError(f"fps must be an integer in [1, 240], got {fps!r}")
+
+
+# The fields of GenerateConfig that are the model's sampling settings (SampleConfig's).
+SAMPLE_FIELDS = (
+    "steps",
+    "guidance",
+    "scheduler",
+    "negative_prompt",
+    "stream_guidance",
+    "replace_overlap",
+)
+
+
+@dataclass
+class GenerateConfig(RunOptions):
+    """Everything one ``streamingt2v generate`` run needs (``generate.generate``)."""
+
+    prompt: str = option(help="text prompt", positional=True)
+    num_frames: int = option(
+        80, "number of frames, any integer >= 1 (default: 80)", flag="--frames"
+    )
+    out: Path = option(
+        Path("video.mp4"),
+        "output: .mp4 (H.264), .gif, or a folder name for PNG frames (default: video.mp4)",
+    )
+    seed: int = option(
+        0,
+        "seed, an integer in [0, 2**63 - 1]; chunk k's noise derives from (seed, k) (default: 0)",
+    )
+    steps: int | None = option(
+        None,
+        "denoising steps per chunk, at most the schedule's timesteps (default: {steps})",
+    )
+    guidance: float | None = option(
+        None, "classifier-free guidance scale, finite and >= 0 (default: {guidance})"
+    )
+    stream_guidance: float | None = option(
+        None, "guidance of the streaming chunks >= 0 (default: the model's, else --guidance)"
+    )
+    replace_overlap: bool | None = option(
+        None,
+        "streaming chunks: pin the overlap frames' latents to the conditioning frames', "
+        "noised to each step (not in the paper; default: the model's setting, else off)",
+        action=argparse.BooleanOptionalAction,
+    )
+    negative_prompt: str | None = option(None, "negative prompt for guidance (default: empty)")
+    scheduler: str | None = option(
+        None,
+        "ddim (eta 1, the paper's) or dpm (DPM-Solver++) (default: {scheduler})",
+        choices=SCHEDULERS,
+    )
+    model: Path | None = option(
+        None,
+        "pipeline or ModelScope folder, or a hub id (default: the embedded default model)",
+    )
+    fps: int | None = option(
+        None,
+        "frames per second of the output (default: the model folder's, 8 for the "
+        "embedded default and the paper's)",
+    )
+    height: int | None = option(
+        None, "frame height in pixels, a multiple of the VAE factor (default: the model's)"
+    )
+    width: int | None = option(None, "frame width in pixels (default: the model's)")
+    enhancer: Path | None = option(
+        None,
+        "enhancer folder or diffusers video model (default: the model folder's "
+        "enhancer/, if it has one)",
+    )
+    enhance_size: str | None = option(
+        None,
+        "HEIGHTxWIDTH of the enhanced video, for an enhancer trained at a fixed size "
+        "(e.g. 576x1024; default: the enhancer folder's own factor)",
+    )
+    method: str = option(
+        "streamingt2v",
+        "the method, or a baseline/ablation for comparisons: "
+        + "; ".join(f"{k}: {v.description}" for k, v in METHODS.items()),
+        choices=list(METHODS),
+    )
+    enhance: bool = option(
+        True,
+        "skip the enhancer (default: enhance when the model folder has enhancer/)",
+        flag="--no-enhance",
+        action="store_false",
+    )
+    extra: dict[str, Any] = option({}, cli=False)  # recorded in the manifest as is
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.out = Path(self.out)
+        size = (
+            None
+            if self.height is None and self.width is None
+            else (
+                self.height or 1,
+                self.width or 1,
+            )
+        )
+        check_request(self.prompt, self.num_frames, self.seed, size, self.method)
+        # Each sampling setting given is checked as SampleConfig checks it (the others keep
+        # valid placeholders until the model's defaults are known).
+        dataclasses.replace(SampleConfig(), **self.sample_overrides())
+        check_fps(self.fps)
+
+    def sample_overrides(self) -> dict[str, Any]:
+        """The sampling settings given (not None), by ``SampleConfig`` field."""
+        values = {name: getattr(self, name) for name in SAMPLE_FIELDS}
+        return {k: v for k, v in values.items() if v is not None}
+
+    def request_settings(self) -> dict[str, Any]:
+        """The keyword arguments of ``pipe.request`` for this run."""
+        return dict(
+            seed=self.seed,
+            height=self.height,
+            width=self.width,
+            method=self.method,
+            **{name: getattr(self, name) for name in SAMPLE_FIELDS},
+        )
+
+
+@dataclass
+class EnhanceFileConfig(RunOptions):
+    """One ``streamingt2v enhance`` run (``enhance_file.enhance_file``). Unset refinement
+    settings (None) take the enhancer's defaults from its ``enhancer_config.json``."""
+
+    video: Path = option(help="input video (.mp4, .gif or a PNG folder)", positional=True)
+    prompt: str = option(help="text prompt of the video", required=True)
+    out: Path = option(help="output: .mp4, .gif or a folder for PNG frames", required=True)
+    mode: str | None = option(
+        None, "chunk blending (default: the enhancer's, randomized)", choices=MODES
+    )
+    chunk: int | None = option(None, "frames per chunk (default: the enhancer's, 24 officially)")
+    overlap: int | None = option(
+        None, "frames shared by neighbours (default: the enhancer's, 8 officially)"
+    )
+    strength: float | None = option(
+        None,
+        "SDEdit noise level in (0, 1] (default: the enhancer's, 0.6 officially, i.e. "
+        "t=600 of 1000)",
+    )
+    steps: int | None = option(
+        None,
+        "sampler steps, at most the schedule's timesteps (default: the enhancer's, 30 officially)",
+    )
+    guidance: float | None = option(
+        None, "guidance, finite and >= 0 (default: the enhancer's, 7.5 officially)"
+    )
+    negative_prompt: str = option("", "negative prompt (default: empty)")
+    seed: int = option(0, "seed (default: 0)")
+    size: str | None = option(
+        None,
+        "HEIGHTxWIDTH of the output, for an enhancer trained at a fixed size "
+        "(default: the enhancer folder's own factor)",
+    )
+    model: Path | None = option(
+        None,
+        "pipeline folder with enhancer/, an enhancer folder, or a diffusers video model "
+        "({enhancer_default})",
+    )
+    fps: int = option(8, "output frame rate (default: 8)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.video, self.out = Path(self.video), Path(self.out)
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise UsageError("the prompt is empty")
+        self.overrides(EnhanceConfig())  # validate now, against placeholder defaults
+        check_fps(self.fps)
+
+    def overrides(self, defaults: EnhanceConfig) -> EnhanceConfig:
+        """``defaults`` with each refinement setting given here (validated)."""
+        return defaults.merged(
+            mode=self.mode,
+            chunk=self.chunk,
+            overlap=self.overlap,
+            strength=self.strength,
+            steps=self.steps,
+            guidance=self.guidance,
+            seed=self.seed,
+        )
