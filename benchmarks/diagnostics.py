@@ -116,9 +116,10 @@ def right_per_frame(video: np.ndarray, words: dict[str, str]) -> np.ndarray:
 def x0_error(vae_dir: Path, unet_dir: Path, schedule: str, prediction: str | None) -> None:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet3DConditionModel
 
-    from streamingt2v.models.unet import unet_forward, video_latents
+    from streamingt2v.models.unet import unet_forward
+    from streamingt2v.models.vae import video_latents
     from streamingt2v.models.weights import load_diffusers
-    from streamingt2v.training.stages import SCHEDULES, minilm
+    from streamingt2v.training.common import SCHEDULES, minilm
     from streamingt2v.world.dataset import WorldClips, clip_batch
 
     vae = load_diffusers(AutoencoderKL, vae_dir).eval()
@@ -163,7 +164,7 @@ def cam_use(model_dir: Path) -> None:
     from diffusers import DDPMScheduler
 
     from streamingt2v import StreamingT2VPipeline
-    from streamingt2v.models.unet import video_latents
+    from streamingt2v.models.vae import video_latents
     from streamingt2v.sampling import stream_model
     from streamingt2v.world.dataset import WorldClips, clip_batch
 
@@ -239,9 +240,10 @@ def word_use(model_dir: Path, stream: bool, clips: int = 24) -> None:
     from diffusers import DDPMScheduler
 
     from streamingt2v import StreamingT2VPipeline
-    from streamingt2v.models.unet import unet_forward, video_latents
+    from streamingt2v.models.unet import unet_forward
+    from streamingt2v.models.vae import video_latents
     from streamingt2v.sampling import stream_model
-    from streamingt2v.training.stages import object_cells
+    from streamingt2v.training.augment import object_cells
     from streamingt2v.world.dataset import WorldClips, clip_batch
 
     pipe = StreamingT2VPipeline.from_pretrained(model_dir)

@@ -1,7 +1,7 @@
 """The paper's enhancer ablation: temporal smoothness around chunk boundaries per mode.
 
     python benchmarks/enhance_ablation.py --model src/streamingt2v/default_model \
-        --videos 20 --frames 96 --out docs/eval/enhance_ablation
+        --videos 20 --frames 96 --out runs/eval/enhance_ablation
 
 Each video is a shapes-world video rendered at the streaming resolution (so the three modes
 refine the same input and only the blending differs), enhanced in the three modes with the
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=32, help="input (streaming) resolution")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("docs/eval/enhance_ablation"))
+    parser.add_argument("--out", type=Path, default=Path("runs/eval/enhance_ablation"))
     args = parser.parse_args(argv)
 
     import torch

@@ -2,7 +2,7 @@
 
     python benchmarks/enhancer_eval.py --model DIR [--videos 8] [--generated 4] [--frames 48]
         [--steps N] [--strength S] [--guidance G]
-        [--out docs/eval/enhancer]
+        [--out runs/eval/enhancer]
 
 Rendered: world videos rendered at the streaming resolution (the input) and at the
 enhancer's output resolution (the truth, same parameters). Each input is brought to the
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--strength", type=float, default=None, help="default: the folder's")
     parser.add_argument("--guidance", type=float, default=None, help="default: the folder's")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("docs/eval/enhancer"))
+    parser.add_argument("--out", type=Path, default=Path("runs/eval/enhancer"))
     args = parser.parse_args(argv)
 
     pipe = StreamingT2VPipeline.from_pretrained(args.model)

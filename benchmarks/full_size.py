@@ -1,6 +1,6 @@
 """The full-size system's speed and GPU memory, with random weights (#6's GPU figures).
 
-    python benchmarks/full_size.py --out docs/eval/full_size          # on a CUDA machine
+    python benchmarks/full_size.py --out runs/eval/full_size          # on a CUDA machine
 
 The paper's system at its real size; speed and memory do not depend on the weights' values:
 ModelScope's 1.7B UNet for the first chunk, a second UNet of that size (the official

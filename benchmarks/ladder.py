@@ -115,7 +115,7 @@ def sample_clips(unet, vae, captions: list[str], frames: int, guidance: float, s
     """(B, F, 32, 32, 3) uint8: the base UNet's text -> video for ``captions`` (seed 1)."""
     from streamingt2v.config import SampleConfig
     from streamingt2v.sampling import make_scheduler, sample, text_denoiser
-    from streamingt2v.training.stages import WORLD_SCHEDULER, minilm
+    from streamingt2v.training.common import WORLD_SCHEDULER, minilm
 
     text = minilm()
     context = torch.cat([text([""] * len(captions)), text(captions)])  # (2B, T, D)

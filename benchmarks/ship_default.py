@@ -1,7 +1,7 @@
 """Copy a trained pipeline into the package as the embedded default, in fp16, with its card.
 
     python benchmarks/ship_default.py --pipeline runs/default/stream/final \
-        --eval docs/eval/world_eval.json
+        --eval runs/eval/world_eval.json
 
 Writes ``src/streamingt2v/default_model/``: the pipeline folder (weights stored as fp16
 safetensors; loaded back as float32 on CPU), a loss-curve PNG per run behind the weights

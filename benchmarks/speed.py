@@ -9,7 +9,7 @@ do the work: the UNet forward (its time includes the CAM mergers and the APM mix
 inside it; the mergers are also shown alone), the CAM trunk, VAE decoding and video writing.
 
     python benchmarks/speed.py --model src/streamingt2v/default_model --frames 240 \
-        --sweep dpm:10 dpm:15 dpm:25 ddim:50 --prompts 4 --out docs/eval/steps
+        --sweep dpm:10 dpm:15 dpm:25 ddim:50 --prompts 4 --out runs/eval/steps
 
 ``--sweep SCHEDULER:STEPS ...`` generates the same ``--prompts`` prompts and seeds (those of
 ``paper_tables.py``) with each sampler setting and measures every video as the paper tables
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sweep", nargs="+", type=sweep_setting, metavar="SCHEDULER:STEPS")
     parser.add_argument("--prompts", type=int, default=4, help="with --sweep")
     parser.add_argument("--mawe-size", type=int, default=256, help="with --sweep")
-    parser.add_argument("--out", type=Path, default=Path("docs/eval/steps"), help="with --sweep")
+    parser.add_argument("--out", type=Path, default=Path("runs/eval/steps"), help="with --sweep")
     args = parser.parse_args(argv)
     if args.sweep:
         sweep(args)

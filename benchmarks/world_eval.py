@@ -4,13 +4,13 @@ Generates one video per prompt (fixed seeds, prompts drawn from the world's voca
 fixed seed) and measures it with the model-free world checks and PySceneDetect:
 
     python benchmarks/world_eval.py --model src/streamingt2v/default_model \
-        --prompts 50 --frames 240 --long-frames 1200 --long-prompts 3 --out docs/eval
+        --prompts 50 --frames 240 --long-frames 1200 --long-prompts 3 --out runs/eval
 
 Writes ``OUT/world_eval.json`` (every video's figures, rewritten after each video) and prints
 the gates. ``--resume`` keeps the videos already in that file (same model and settings) and
 makes only the rest, so a 12-prompt run extends to 50 without redoing the first 12.
 
-    python benchmarks/world_eval.py --summarize docs/eval/v1/world_eval.json --first 12
+    python benchmarks/world_eval.py --summarize runs/eval/world_eval.json --first 12
 
 re-summarizes a saved run over its first N videos (same prompts and seeds as a shorter run,
 so two models compare on the same videos) without generating anything; ``--skip 12
@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument(
         "--method", default="streamingt2v", help="the method or a baseline/ablation (METHODS)"
     )
-    parser.add_argument("--out", type=Path, default=Path("docs/eval"))
+    parser.add_argument("--out", type=Path, default=Path("runs/eval"))
     parser.add_argument(
         "--resume",
         action="store_true",

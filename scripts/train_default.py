@@ -3,8 +3,8 @@
     python scripts/train_default.py --runs runs/default --stages vae_sharp base stream \
         --seconds vae_sharp=45 base=200 stream=150 --set base.batch_size=96 --workers 12
 
-A stage NAME runs ``configs/default/NAME.json`` with its ``runs/default`` paths moved under
-``--runs`` and the ``--set NAME.KEY=VALUE`` overrides applied. With a budget, a probe run of
+A stage NAME runs ``configs/default/NAME.json`` (or ``configs/archive/NAME.json``) with its
+``runs/default`` paths moved under ``--runs`` and the ``--set NAME.KEY=VALUE`` overrides applied. With a budget, a probe run of
 ``--probe`` steps measures this machine's seconds per step (from ``loss.csv``), and the
 stage's ``steps`` becomes budget / seconds per step, so the run still follows its whole
 learning-rate schedule; the config actually used is in ``RUNS/NAME/checkpoint/state.json``.
@@ -34,15 +34,17 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
-from streamingt2v.training.stages import write_text_table
+from streamingt2v.training.common import write_text_table
 from streamingt2v.training.trainer import TrainConfig, train
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "default"
+ARCHIVE = CONFIGS.parent / "archive"  # configs of runs that did not ship
 DEFAULT_RUNS = "runs/default"
 
 
 def stage_config(name: str, runs: Path, overrides: dict[str, object], table: Path | None):
-    cfg = TrainConfig.load(CONFIGS / f"{name}.json")
+    path = CONFIGS / f"{name}.json"
+    cfg = TrainConfig.load(path if path.is_file() else ARCHIVE / f"{name}.json")
     moved = {k: v.replace(DEFAULT_RUNS, str(runs), 1) for k, v in cfg.inputs.items()}
     if table:
         moved["text_table"] = str(table)

@@ -6,14 +6,14 @@ import pytest
 import torch
 from diffusers import UNet3DConditionModel
 
-from streamingt2v.enhance import (
-    EnhanceConfig,
+from streamingt2v.config import EnhanceConfig
+from streamingt2v.random_models import MODELSCOPE_SCHEDULER
+from streamingt2v.sdedit import (
     Schedule,
     denoise_chunks,
     denoise_streaming,
     denoise_whole,
 )
-from streamingt2v.random_models import MODELSCOPE_SCHEDULER
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +34,14 @@ def denoiser():
     ).eval()
     context = torch.randn(1, 3, 8)
 
-    @torch.no_grad()
-    def denoise(x, t, clean):
-        return unet(torch.cat([x, clean], 1), t, context.expand(x.shape[0], -1, -1)).sample
+    def denoiser_for(clean):
+        @torch.no_grad()
+        def denoise(x, t):
+            return unet(torch.cat([x, clean], 1), t, context.expand(x.shape[0], -1, -1)).sample
 
-    return denoise
+        return denoise
+
+    return denoiser_for
 
 
 def _source(num_frames):
@@ -118,13 +121,16 @@ def test_every_evaluation_reads_its_own_frames_clean_latents(mode, run):
     latents = torch.arange(n, dtype=torch.float32)[:, None, None, None].expand(n, 4, 2, 2)
     seen = []
 
-    def denoise(x, t, clean):
-        assert clean.shape == x.shape
-        seen.append(clean[0, 0, :, 0, 0].int().tolist())
-        return torch.zeros_like(x)
+    def denoiser_for(clean):
+        def denoise(x, t):
+            assert clean.shape == x.shape
+            seen.append(clean[0, 0, :, 0, 0].int().tolist())
+            return torch.zeros_like(x)
+
+        return denoise
 
     result = run(
-        denoise, lambda f: latents[f.start : f.stop], n, Schedule(MODELSCOPE_SCHEDULER, cfg)
+        denoiser_for, lambda f: latents[f.start : f.stop], n, Schedule(MODELSCOPE_SCHEDULER, cfg)
     )
     if not isinstance(result, torch.Tensor):
         list(result)

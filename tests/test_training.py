@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from streamingt2v.config import UsageError
-from streamingt2v.training.stages import build_stage, generator_for
+from streamingt2v.training.common import generator_for
+from streamingt2v.training.stages import build_stage
 from streamingt2v.training.trainer import TrainConfig, train, trainable
 from streamingt2v.video_io import read_video
 from streamingt2v.world.dataset import clip_batch
@@ -207,7 +208,7 @@ def test_stream_stage_trains_the_official_parameter_set(inputs, tmp_path):
 
 
 def test_faded_frames_blend_only_the_object_into_the_background():
-    from streamingt2v.training.stages import faded
+    from streamingt2v.training.augment import faded
 
     frames = torch.full((64, 3, 8, 8), -1.0)  # black
     frames[:, 0, 3:5, 3:5] = 1.0  # a red object
@@ -236,7 +237,7 @@ def test_sample_frames_not_a_positive_integer_is_a_usage_error(frames, inputs, t
 
 
 def test_object_mask_with_a_margin_covers_the_pixels_around_the_object():
-    from streamingt2v.training.stages import object_mask
+    from streamingt2v.training.augment import object_mask
 
     frames = -torch.ones(1, 3, 8, 8)
     frames[:, :, 3:5, 3:5] = 1.0  # a 2x2 object on a black background
@@ -400,7 +401,7 @@ def test_conditioned_enhancer_trains_from_the_base_and_exports_a_loadable_enhanc
 
 
 def test_degraded_clips_are_blurred_alike_per_clip_and_keep_their_colours():
-    from streamingt2v.training.stages import degraded
+    from streamingt2v.training.augment import degraded
 
     video = -torch.ones(2, 3, 4, 16, 16)  # two black clips, a white square in every frame
     video[:, :, :, 6:10, 6:10] = 1.0
@@ -453,3 +454,14 @@ def test_joint_image_batch_adds_single_frames_and_leaves_clip_runs_unchanged(inp
         bad = _cfg("base", tmp_path, model=UNET, inputs={"vae": inputs["vae"]},
                    options={"image_batch": -1})  # fmt: skip
         build_stage(bad, torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    "stage, option", [("base", "drop_txt"), ("vae", "kl"), ("image-encoder", "frames")]
+)
+def test_a_misspelt_training_option_is_refused_by_name(tmp_path, stage, option):
+    """Each stage declares its options (typed); an unknown key fails before any model is
+    built, naming the key and what the stage takes, instead of training without it."""
+    cfg = TrainConfig(stage=stage, out_dir=str(tmp_path), options={option: 1})
+    with pytest.raises(UsageError, match=f"unknown option '{option}' for stage '{stage}'"):
+        build_stage(cfg, torch.device("cpu"))

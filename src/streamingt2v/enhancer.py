@@ -1,5 +1,5 @@
 """The video enhancer as a model: a text-to-video UNet at ``scale`` times the resolution,
-applied to a low-resolution video by SDEdit in overlapping chunks (``enhance.py``).
+applied to a low-resolution video by SDEdit in overlapping chunks (``sdedit.py``).
 
 Folder (``enhancer/`` inside a pipeline folder, or a folder of its own)::
 
@@ -34,13 +34,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import EnhanceConfig, ModelLoadError, UsageError, read_json
-from .enhance import Schedule, denoise_chunks, denoise_streaming
 from .layout import fchw_from_fhwc, hwc_from_chw
 from .models.encoders import TextEncoder
-from .models.unet import vae_factor
+from .models.vae import decode_frames, encode_frames, vae_factor
 from .models.weights import load_diffusers
-from .offload import READ_AHEAD, Offloader, read_until
-from .sampling import text_denoiser
+from .offload import READ_AHEAD, Offloader, OnDevice, place, read_until
+from .sampling import Denoiser, text_denoiser
+from .sdedit import Schedule, denoise_chunks, denoise_streaming
 
 CONFIG_FILE = "enhancer_config.json"
 
@@ -137,7 +137,7 @@ def conditioned(unet: UNet3DConditionModel, vae: AutoencoderKL) -> bool:
     return given == 2 * latent
 
 
-class Enhancer:
+class Enhancer(OnDevice):
     def __init__(
         self,
         unet: UNet3DConditionModel,
@@ -218,15 +218,10 @@ class Enhancer:
             self.text_encoder.tokenizer.save_pretrained(root / "tokenizer")
 
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> Enhancer:
-        for module in (self.unet, self.vae):  # re-casting to the same dtype only warns
-            same = dtype is None or module.dtype == dtype
-            module.to(device=device) if same else module.to(device=device, dtype=dtype)
-        self.text_encoder.to(device=device)
+        for module in (self.unet, self.vae):
+            place(module, device, dtype)
+        place(self.text_encoder, device)
         return self
-
-    @property
-    def device(self) -> torch.device:
-        return self.offloader.device if self.offloader else self.unet.device
 
     def enable_offload(self, offloader: Offloader) -> Enhancer:
         """Share ``offloader`` (the pipeline's, or a new one): the UNet waits in CPU memory
@@ -274,14 +269,11 @@ class Enhancer:
     @torch.no_grad()
     def _encode(self, frames_fhwc: np.ndarray) -> torch.Tensor:
         """(F, H, W, 3) uint8 low-res -> (F, C, h, w) latents of the upscaled frames."""
-        x = self.upscale(frames_fhwc)
-        z = self.vae.encode(x.to(self.vae.dtype)).latent_dist.mean
-        return (z * self.vae.config.scaling_factor).float()
+        return encode_frames(self.vae, self.upscale(frames_fhwc)).float()
 
     @torch.no_grad()
     def _decode(self, latents_chw: torch.Tensor) -> np.ndarray:
-        z = latents_chw[None].to(self.vae.dtype) / self.vae.config.scaling_factor
-        return hwc_from_chw(self.vae.decode(z).sample[0])
+        return hwc_from_chw(decode_frames(self.vae, latents_chw[None])[0])
 
     @torch.no_grad()
     def enhance(
@@ -308,11 +300,14 @@ class Enhancer:
 
         with_input = self.conditioned
 
-        def denoise(x: torch.Tensor, t: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
-            self.use_unet()
-            if with_input:
-                x = torch.cat([x, clean], dim=1)
-            return guided(x.to(self.unet.dtype), t).float()
+        def denoiser_for(clean: torch.Tensor) -> Denoiser:  # (sdedit.DenoiserFor)
+            def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                self.use_unet()
+                if with_input:
+                    x = torch.cat([x, clean], dim=1)
+                return guided(x.to(self.unet.dtype), t).float()
+
+            return denoise
 
         read_ahead = READ_AHEAD if self.offloader else 1
         source = _FrameWindow(frames, self._encode, num_frames, read_ahead)
@@ -320,6 +315,6 @@ class Enhancer:
         schedule = Schedule(self.scheduler_config, cfg)
         bar = tqdm(total=num_frames, desc="enhance", unit="frame", disable=not progress)
         with bar:
-            for _, latents in run(denoise, source, num_frames, schedule):
+            for _, latents in run(denoiser_for, source, num_frames, schedule):
                 bar.update(1)
                 yield self._decode(latents)

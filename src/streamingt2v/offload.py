@@ -12,8 +12,8 @@ moving it out copies nothing (the tensors point back at their CPU copies and the
 are freed). ``generate`` reads the streaming stage's frames in blocks (``READ_AHEAD``), so the
 groups change places once per block rather than once per enhancer chunk.
 
-Issue #6 names accelerate's offload hooks; this stage-wise offloader stands in for them on
-purpose: the hooks move a model with ordinary (unpinned) copies when its forward is called,
+accelerate's offload hooks are the usual tool; this stage-wise offloader stands in for them
+on purpose: the hooks move a model with ordinary (unpinned) copies when its forward is called,
 as this module's first version did, which cost about 1.7 s per 1.4B-parameter group on an
 H200 against 0.09 s now (docs/performance.md; the hooks themselves were not timed), and
 ``generate`` alternates two groups for the whole video.
@@ -34,6 +34,28 @@ def read_until(stop: int, num_frames: int, read_ahead: int) -> int:
     that frame's block of ``read_ahead`` frames, and no further than ``num_frames``."""
     block = -(-stop // read_ahead) * read_ahead
     return max(stop, min(block, num_frames))
+
+
+def place(module: nn.Module, device: str | torch.device, dtype: torch.dtype | None = None) -> None:
+    """Move ``module`` to ``device`` and cast it to ``dtype`` (None: keep its dtype).
+    Re-casting a diffusers model to the dtype it has only prints warnings, so it is not
+    done; a module without parameters (a ``PromptTable``) keeps its dtype."""
+    first = next(module.parameters(), None)
+    same = dtype is None or first is None or first.dtype == dtype
+    module.to(device=device) if same else module.to(device=device, dtype=dtype)
+
+
+class OnDevice:
+    """The device plumbing the pipeline and the enhancer share: ``device`` is where their
+    models run, with or without offload (``offloader``, shared by both in one run)."""
+
+    unet: nn.Module
+    offloader: Offloader | None = None
+
+    @property
+    def device(self) -> torch.device:
+        """Where the models run (with offload: where each runs when its stage comes)."""
+        return self.offloader.device if self.offloader else self.unet.device
 
 
 def _tensors(module: nn.Module) -> list[torch.Tensor]:

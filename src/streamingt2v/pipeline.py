@@ -39,11 +39,11 @@ from .config import (
     config_to_dict,
     read_json,
 )
-from .layout import bcfhw_from_fhwc
+from .layout import bcfhw_from_fhwc, fold, unfold
 from .models.apm import AppearancePreservationModule
 from .models.cam import ConditionalAttentionModule, check_frame_encoder_matches
 from .models.encoders import ImageEncoder, TextEncoder
-from .models.unet import vae_factor
+from .models.vae import decode_frames, vae_factor
 from .models.weights import (
     WEIGHTS_NAME,
     load_diffusers,
@@ -51,7 +51,7 @@ from .models.weights import (
     read_module_config,
     save_module,
 )
-from .offload import Offloader
+from .offload import Offloader, OnDevice, place
 from .sampling import chunk_sampler, max_steps
 from .streaming import ChunkModels, Request, VideoChunk, chunk_count, stream
 
@@ -84,7 +84,7 @@ def load_text_encoder(root: Path, config: PipelineConfig) -> TextEncoder:
     return TextEncoder.from_folders(root / "text_encoder", root / "tokenizer", tokens, mask)
 
 
-class StreamingT2VPipeline:
+class StreamingT2VPipeline(OnDevice):
     def __init__(
         self,
         unet: UNet3DConditionModel,
@@ -252,11 +252,7 @@ class StreamingT2VPipeline:
             )
         for module in self._modules():
             cast = stream_dtype if stream_dtype is not None and module in streaming else dtype
-            # Re-casting a diffusers model to the dtype it has only prints warnings; a module
-            # without parameters (a PromptTable) keeps its dtype.
-            first = next(module.parameters(), None)
-            same = cast is None or first is None or first.dtype == cast
-            module.to(device=device) if same else module.to(device=device, dtype=cast)
+            place(module, device, cast)
         return self
 
     def _streaming_modules(self) -> list[nn.Module]:
@@ -269,11 +265,6 @@ class StreamingT2VPipeline:
         return modules + [m for m in (self.cam, self.apm, self.image_encoder) if m is not None]
 
     # ----------------------------------------------------------------- conversions
-    @property
-    def device(self) -> torch.device:
-        """Where the models run (with offload: where each runs when its stage comes)."""
-        return self.offloader.device if self.offloader else self.unet.device
-
     @property
     def dtype(self) -> torch.dtype:
         """The first chunk's precision (the base UNet's)."""
@@ -323,12 +314,9 @@ class StreamingT2VPipeline:
 
     def decode_latents(self, latents: torch.Tensor, frames_per_batch: int = 8) -> torch.Tensor:
         """(1, C, F, h, w) latents -> (1, 3, F, H, W) pixels in [-1, 1], a few frames at a time."""
-        per_frame = latents[0].permute(1, 0, 2, 3) / self.vae.config.scaling_factor  # (F,C,h,w)
-        pixels = [
-            self.vae.decode(part.to(self.vae.dtype)).sample
-            for part in per_frame.split(frames_per_batch)
-        ]
-        return torch.cat(pixels).permute(1, 0, 2, 3)[None].float()  # (1, 3, F, H, W)
+        frames = fold(latents)  # (F, C, h, w)
+        pixels = [decode_frames(self.vae, part) for part in frames.split(frames_per_batch)]
+        return unfold(torch.cat(pixels), 1)  # (1, 3, F, H, W)
 
     def to_model_frames(
         self, frames_fhwc: np.ndarray, size: tuple[int, int] | None = None

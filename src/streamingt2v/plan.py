@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 import torch
 
 from .blending import chunk_starts
-from .config import StreamConfig, UsageError
-from .enhance import EnhanceConfig, Schedule
+from .config import EnhanceConfig, StreamConfig, UsageError
 from .offload import READ_AHEAD, read_until
 from .sampling import ChunkSampler, text_denoiser
+from .sdedit import Schedule
 from .streaming import Request, chunk_contexts, chunk_count
 
 

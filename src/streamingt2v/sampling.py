@@ -27,7 +27,8 @@ from .freenoise import windowed_temporal_attention
 from .methods import FREENOISE_STRIDE, METHODS
 from .models.apm import AppearancePreservationModule
 from .models.cam import ConditionalAttentionModule
-from .models.unet import unet_forward, video_latents
+from .models.unet import unet_forward
+from .models.vae import video_latents
 
 if TYPE_CHECKING:
     from .pipeline import StreamingT2VPipeline

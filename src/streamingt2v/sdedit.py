@@ -16,9 +16,10 @@ as a wavefront - chunk k runs step s once chunks k-1 and k+1 have run step s-1 -
 out each frame as soon as its last step is done, so memory does not grow with the video's
 length. Both give the same latents (tested to 1e-5).
 
-Every model evaluation is also handed its frames' clean input latents: a conditioned
-enhancer (``enhancer.py``) reads them as extra input channels; the paper's SDEdit enhancer
-ignores them.
+Every model evaluation also sees its frames' clean input latents, bound into the chunk's
+denoiser (``DenoiserFor``): a conditioned enhancer (``enhancer.py``) reads them as extra
+input channels; the paper's SDEdit enhancer ignores them. The model that runs this
+algorithm is ``enhancer.Enhancer``; the command is ``enhance_file``.
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ from diffusers import DDIMScheduler
 
 from .blending import chunk_starts, frame_noise, owners, step_noise
 from .config import EnhanceConfig
+from .sampling import Denoiser
 
-# x (1, C, F, h, w) noisy latents of one chunk, t, the same frames' clean input latents
-# (1, C, F, h, w; what a conditioned enhancer also reads) -> guided eps (or v) like x.
-ChunkDenoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# A chunk's clean input latents (1, C, F, h, w; what a conditioned enhancer also reads) ->
+# the chunk's denoiser (``sampling.Denoiser``: (x, t) -> guided eps or v), the input bound in.
+DenoiserFor = Callable[[torch.Tensor], Denoiser]
 # frame indices -> their clean latents (F, C, h, w), read on demand.
 LatentSource = Callable[[range], torch.Tensor]
 
@@ -76,17 +78,17 @@ class Schedule:
 
 
 def _predict(
-    denoise: ChunkDenoiser, x_fchw: torch.Tensor, t: torch.Tensor, clean_fchw: torch.Tensor
+    denoise: DenoiserFor, x_fchw: torch.Tensor, t: torch.Tensor, clean_fchw: torch.Tensor
 ) -> torch.Tensor:
     def video(frames: torch.Tensor) -> torch.Tensor:  # (F, C, h, w) -> (1, C, F, h, w)
         return frames.permute(1, 0, 2, 3)[None]
 
-    eps = denoise(video(x_fchw), t, video(clean_fchw))
+    eps = denoise(video(clean_fchw))(video(x_fchw), t)
     return eps[0].permute(1, 0, 2, 3)  # (F, C, h, w)
 
 
 def denoise_whole(
-    denoise: ChunkDenoiser, source: LatentSource, num_frames: int, schedule: Schedule
+    denoise: DenoiserFor, source: LatentSource, num_frames: int, schedule: Schedule
 ) -> torch.Tensor:
     """Randomized blending holding the whole video's latents -> (F, C, h, w)."""
     cfg = schedule.cfg
@@ -109,7 +111,7 @@ def denoise_whole(
 
 
 def denoise_streaming(
-    denoise: ChunkDenoiser, source: LatentSource, num_frames: int, schedule: Schedule
+    denoise: DenoiserFor, source: LatentSource, num_frames: int, schedule: Schedule
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Randomized blending as a wavefront; yields (frame index, final latents (C, h, w)) in
     order, holding only the frames of the chunks in flight (about ``steps * reach`` chunks,
@@ -184,7 +186,7 @@ def denoise_streaming(
 
 
 def denoise_chunks(
-    denoise: ChunkDenoiser, source: LatentSource, num_frames: int, schedule: Schedule
+    denoise: DenoiserFor, source: LatentSource, num_frames: int, schedule: Schedule
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """``independent`` and ``shared-noise`` modes: every chunk alone, concatenated (later
     chunks win the whole overlap). Chunk by chunk, so memory is constant too."""

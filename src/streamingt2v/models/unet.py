@@ -38,17 +38,6 @@ class UNetFeatures:
 Merge = Callable[[UNetFeatures], UNetFeatures]
 
 
-def vae_factor(vae) -> int:
-    """How many pixels one latent stands for along a side: 2 per VAE halving."""
-    return 2 ** (len(vae.config.block_out_channels) - 1)
-
-
-def video_latents(vae, video: torch.Tensor) -> torch.Tensor:
-    """(B, 3, F, H, W) pixels in [-1, 1] -> (B, C, F, h, w) scaled latents (posterior means)."""
-    z = vae.encode(fold(video).to(vae.dtype)).latent_dist.mean * vae.config.scaling_factor
-    return unfold(z, len(video))
-
-
 def _time_embedding(unet: nn.Module, timestep: torch.Tensor | float | int, batch: int, dtype):
     if not torch.is_tensor(timestep):
         timestep = torch.tensor([timestep], dtype=torch.int64)
