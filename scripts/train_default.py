@@ -4,8 +4,8 @@
         --seconds vae_sharp=45 base=200 stream=150 --set base.batch_size=96 --workers 12
 
 A stage NAME runs ``configs/default/NAME.json`` (or ``configs/archive/NAME.json``) with its
-``runs/default`` paths moved under ``--runs`` and the ``--set NAME.KEY=VALUE`` overrides applied. With a budget, a probe run of
-``--probe`` steps measures this machine's seconds per step (from ``loss.csv``), and the
+``runs/default`` paths moved under ``--runs`` and the ``--set NAME.KEY=VALUE`` overrides
+applied. With a budget, a probe run of ``--probe`` steps measures this machine's seconds per step (from ``loss.csv``), and the
 stage's ``steps`` becomes budget / seconds per step, so the run still follows its whole
 learning-rate schedule; the config actually used is in ``RUNS/NAME/checkpoint/state.json``.
 
