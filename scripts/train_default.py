@@ -5,9 +5,10 @@
 
 A stage NAME runs ``configs/default/NAME.json`` (or ``configs/archive/NAME.json``) with its
 ``runs/default`` paths moved under ``--runs`` and the ``--set NAME.KEY=VALUE`` overrides
-applied. With a budget, a probe run of ``--probe`` steps measures this machine's seconds per step (from ``loss.csv``), and the
-stage's ``steps`` becomes budget / seconds per step, so the run still follows its whole
-learning-rate schedule; the config actually used is in ``RUNS/NAME/checkpoint/state.json``.
+applied. With a budget, a probe run of ``--probe`` steps measures this machine's seconds
+per step (from ``loss.csv``), and the stage's ``steps`` becomes budget / seconds per step,
+so the run still follows its whole learning-rate schedule; the config actually used is in
+``RUNS/NAME/checkpoint/state.json``.
 
 ``--text-table FILE`` trains with a ``PromptTable`` of MiniLM's outputs (written here with
 ``--write-text-table FILE`` where the encoder's package is installed) instead of MiniLM
