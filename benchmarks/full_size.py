@@ -1,4 +1,4 @@
-"""The full-size system's speed and GPU memory, with random weights (#6's GPU figures).
+"""The full-size system's speed and GPU memory, with random weights (docs/performance.md).
 
     python benchmarks/full_size.py --out runs/eval/full_size          # on a CUDA machine
 

@@ -68,10 +68,10 @@ def sweep_setting(value: str) -> tuple[str, int]:
 
 def sweep(args) -> None:
     """Each sampler setting on the same prompts and seeds: time and quality per video."""
-    from paper_tables import eval_prompts, fmt, mean_of, measure
+    from streamingt2v.protocol import eval_prompts, fmt, mean_of, measure
 
     pipe = StreamingT2VPipeline.from_pretrained(args.model)
-    prompts = eval_prompts(args.prompts, 0)
+    prompts = eval_prompts(args.prompts, 0, key="paper-tables")
     rows: dict[str, list[dict]] = {}
     for scheduler, steps in args.sweep:
         name = f"{scheduler}:{steps}"

@@ -313,3 +313,80 @@ def test_readme_lists_every_option_of_every_command():
     ]
     assert not missing, missing
     assert all(f"streamingt2v {name}" in readme for name in sub.choices)
+
+
+# Every command's flags and positional arguments (the CLI keeps its flags across refactors).
+CLI_FLAGS = {
+    "generate": [
+        "--device",
+        "--dtype",
+        "--enhance-size",
+        "--enhancer",
+        "--fps",
+        "--frames",
+        "--guidance",
+        "--height",
+        "--help",
+        "--method",
+        "--model",
+        "--negative-prompt",
+        "--no-enhance",
+        "--no-replace-overlap",
+        "--offload",
+        "--out",
+        "--overwrite",
+        "--plan",
+        "--quiet",
+        "--replace-overlap",
+        "--scheduler",
+        "--seed",
+        "--steps",
+        "--stream-guidance",
+        "--width",
+        "-h",
+    ],
+    "enhance": [
+        "--chunk",
+        "--device",
+        "--dtype",
+        "--fps",
+        "--guidance",
+        "--help",
+        "--mode",
+        "--model",
+        "--negative-prompt",
+        "--offload",
+        "--out",
+        "--overlap",
+        "--overwrite",
+        "--prompt",
+        "--quiet",
+        "--seed",
+        "--size",
+        "--steps",
+        "--strength",
+        "-h",
+    ],
+    "eval": ["--clip", "--flow", "--fps", "--help", "--json", "--mawe-size", "--prompt", "-h"],
+    "train": ["--config", "--help", "--out-dir", "--quiet", "--resume", "--steps", "-h"],
+    "convert-official": ["--allow-unknown", "--base", "--dtype", "--help", "--image-encoder", "-h"],
+}
+CLI_POSITIONALS = {
+    "generate": ["prompt"],
+    "enhance": ["video"],
+    "eval": ["video"],
+    "train": ["stage"],
+    "convert-official": ["checkpoint", "out"],
+}
+
+
+def test_every_command_keeps_its_flags():
+    import argparse
+
+    from streamingt2v.cli import build_parser
+
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, parser in sub.choices.items():
+        flags = sorted(f for action in parser._actions for f in action.option_strings)
+        positionals = sorted(a.dest for a in parser._actions if not a.option_strings)
+        assert (flags, positionals) == (CLI_FLAGS[name], CLI_POSITIONALS[name]), name

@@ -4,15 +4,14 @@
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 import shutil
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 from safetensors.torch import load_file
 
 from streamingt2v.cli import main
@@ -366,10 +365,9 @@ def test_offloaded_weights_come_back_unchanged_and_leave_nothing_behind():
 
 
 def test_enhancer_benchmarks_run_on_a_tiny_model(enhanced_model_dir, tmp_path, monkeypatch):
-    # benchmarks/enhancer_eval.py and enhance_ablation.py, end to end on the tiny folder
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    enhancer_eval = importlib.import_module("enhancer_eval")
-    ablation = importlib.import_module("enhance_ablation")
+    # benchmarks/paper/enhancer_eval.py and enhance_ablation.py, end to end on the tiny folder
+    enhancer_eval = load_script("benchmarks/paper/enhancer_eval.py")
+    ablation = load_script("benchmarks/paper/enhance_ablation.py")
     common = ["--model", str(enhanced_model_dir), "--frames", "40", "--steps", "4"]
     out = tmp_path / "eval"
     enhancer_eval.main([*common, "--videos", "1", "--generated", "1", "--out", str(out)])
@@ -389,8 +387,7 @@ def test_full_size_benchmark_runs_every_phase_at_the_tiny_scale(
     tmp_path, monkeypatch, plans_time_once
 ):
     # benchmarks/full_size.py (the GPU figures of docs/performance.md), on the CPU
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    full_size = importlib.import_module("full_size")
+    full_size = load_script("benchmarks/full_size.py")
     common = ["--scale", "tiny", "--device", "cpu", "--dtype", "float32", "--size", "32",
               "--steps", "1", "--enhance-steps", "2", "--long-steps", "1",
               "--long-enhance-steps", "2"]  # fmt: skip

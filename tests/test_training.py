@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 from safetensors.torch import load_file
 
 from streamingt2v.config import UsageError
@@ -310,10 +311,9 @@ def test_train_cli_end_to_end_exports_a_loadable_pipeline(inputs, tmp_path):
 
 
 def test_ship_lineage_lists_each_run_once_earliest_first(tmp_path, monkeypatch):
-    # benchmarks/ship_default.py: the runs behind a pipeline, followed through the inputs of
+    # scripts/ship_default.py: the runs behind a pipeline, followed through the inputs of
     # each run's config, a run reached through a link (a remote run's inputs) counted once
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from ship_default import lineage
+    lineage = load_script("scripts/ship_default.py").lineage
 
     def run(name: str, **inputs: Path) -> Path:
         (tmp_path / name / "final").mkdir(parents=True)
@@ -337,10 +337,10 @@ def test_ship_lineage_lists_each_run_once_earliest_first(tmp_path, monkeypatch):
 
 
 def test_ship_refuses_a_part_that_takes_other_latents(monkeypatch):
-    # benchmarks/ship_default.py --vae / --unet: a part from another folder ships only if it
+    # scripts/ship_default.py --vae / --unet: a part from another folder ships only if it
     # works in the pipeline's latent space (VAE) and takes its latents and text (UNet)
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from ship_default import UNET_INPUTS, matching
+    ship_default = load_script("scripts/ship_default.py")
+    UNET_INPUTS, matching = ship_default.UNET_INPUTS, ship_default.matching
 
     class Part(torch.nn.Module):
         def __init__(self, **config):
@@ -355,14 +355,14 @@ def test_ship_refuses_a_part_that_takes_other_latents(monkeypatch):
 
 
 def test_world_eval_summarize_keeps_one_shape(tmp_path):
-    # benchmarks/world_eval.py --summarize FILE --shape S: the per-shape figures of a saved run
+    # benchmarks/paper/world_eval.py --summarize FILE --shape S: per-shape figures of a saved run
     row = dict(colour_right=1.0, background_right=1.0, direction_right=None, cuts=0,
                seconds=1.0, speed_first=1.0, speed_last=1.0)  # fmt: skip
     videos = [row | {"prompt": f"a red {s} moving left", "shape_right": v}
               for s, v in (("triangle", 0.2), ("square", 0.9), ("triangle", 0.4))]  # fmt: skip
     saved = tmp_path / "world_eval.json"
     saved.write_text(json.dumps({"videos": videos, "long": []}))
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "world_eval.py"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "paper" / "world_eval.py"
     out = subprocess.run(
         [sys.executable, script, "--summarize", saved, "--shape", "triangle"],
         capture_output=True, text=True, check=True,

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_script
 
 from streamingt2v.config import UsageError
 from streamingt2v.metrics.world_checks import check_video, read_frame
@@ -148,9 +148,8 @@ def test_turned_from_moves_another_way_and_meets_the_track():
 
 
 def test_swapped_caption_changes_one_word_and_keeps_object_off_background(monkeypatch):
-    # benchmarks/diagnostics.py words: captions with one word changed
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from diagnostics import swapped
+    # benchmarks/research/diagnostics.py words: captions with one word changed
+    swapped = load_script("benchmarks/research/diagnostics.py").swapped
 
     for caption in (
         "a white square moving up on a black background",
@@ -168,10 +167,9 @@ def test_swapped_caption_changes_one_word_and_keeps_object_off_background(monkey
 
 
 def test_diagnostics_reads_background_colour_and_shape_per_frame(monkeypatch):
-    # benchmarks/diagnostics.py chunks: a rendered video is right in every frame; a caption
+    # benchmarks/research/diagnostics.py chunks: a rendered video is right in every frame; a caption
     # with another shape is wrong in shape only
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from diagnostics import right_per_frame
+    right_per_frame = load_script("benchmarks/research/diagnostics.py").right_per_frame
 
     params = _params(shape="triangle", motion="moving right")
     video = render(params, 12, size=32)

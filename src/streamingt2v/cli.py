@@ -74,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"streamingt2v {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
+    for add in (_add_generate, _add_enhance, _add_eval, _add_train, _add_convert):
+        add(sub)
+    return parser
+
+
+def _add_generate(sub) -> None:
     gen = sub.add_parser(
         "generate",
         help="generate a long video from a text prompt",
@@ -93,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(one measured evaluation of each kind) and exit without generating",
     )
 
+
+def _add_enhance(sub) -> None:
     enh = sub.add_parser(
         "enhance",
         help="enhance a video: 2x resolution, chunk by chunk, without seams",
@@ -110,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_options(enh, EnhanceFileConfig, enhancer_default=enhancer_default)
 
+
+def _add_eval(sub) -> None:
     ev = sub.add_parser(
         "eval",
         help="measure a video: MAWE, SCuts, CLIP score, world checks, curves over time",
@@ -134,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--fps", type=parse_int, default=8, help="frame rate for SCuts (default: 8)")
     ev.add_argument("--json", action="store_true", help="print the full report as JSON")
 
+
+def _add_train(sub) -> None:
     train = sub.add_parser(
         "train",
         help="train one stage of a model (vae, image-encoder, base, stream, enhancer)",
@@ -151,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out-dir", default=None, help="override the config's out_dir")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
+
+def _add_convert(sub) -> None:
     conv = sub.add_parser(
         "convert-official",
         help="convert the authors' StreamingT2V checkpoint into a pipeline folder",
@@ -181,7 +195,6 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument(
         "--allow-unknown", action="store_true", help="convert even if some keys are unknown"
     )
-    return parser
 
 
 def _convert_official(args: argparse.Namespace) -> int:

@@ -34,7 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import EnhanceConfig, ModelLoadError, UsageError, read_json
-from .layout import fchw_from_fhwc, hwc_from_chw
+from .layout import fchw_from_fhwc, fhwc_from_cfhw, hwc_from_chw
 from .models.encoders import TextEncoder
 from .models.vae import decode_frames, encode_frames, vae_factor
 from .models.weights import load_diffusers
@@ -265,6 +265,11 @@ class Enhancer(OnDevice):
         SDEdit starts from (bilinear, antialiased where it shrinks)."""
         x = fchw_from_fhwc(frames_fhwc, self.device)
         return resize(x, self.output_size(*x.shape[2:]))
+
+    def upsampled(self, frames_fhwc: np.ndarray) -> np.ndarray:
+        """(F, H, W, 3) uint8 -> the frames SDEdit starts from as (F, H', W', 3) uint8: the
+        video upscaled to the output size without enhancement (a baseline)."""
+        return fhwc_from_cfhw(self.upscale(frames_fhwc).transpose(0, 1))  # (F, H', W', 3)
 
     @torch.no_grad()
     def _encode(self, frames_fhwc: np.ndarray) -> torch.Tensor:

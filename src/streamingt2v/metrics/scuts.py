@@ -5,7 +5,7 @@ Settings: ``adaptive_threshold`` 3.0 and ``window_width`` 2 (the library's defau
 8-new-frames-per-chunk video can still be found; ``min_content_val`` 2 instead of 15: a
 shapes-world object covers ~4% of the frame, and a cut that swaps only the object (same
 background) stays under the default floor. Calibrated on rendered ground truth before any
-model was compared (``python benchmarks/diagnostics.py scuts``): cuts between two world
+model was compared (``python benchmarks/research/diagnostics.py scuts``): cuts between two world
 videos with the same background found in 0/8 at 15 and 7/8 at 2; no false cut in 8 smooth
 videos at either. Frames are upscaled to at least
 128 pixels first: the detector's statistics are unstable on 32-pixel frames.

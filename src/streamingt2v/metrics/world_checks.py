@@ -1,4 +1,4 @@
-"""Checks of a shapes-world video that need no learned model (``shared/world.md``).
+"""Checks of a shapes-world video that need no learned model (``docs/world.md``).
 
 Per frame: the background is the dominant border colour; the object is what differs from
 it; its median colour, bounding-box fill ratio and coverage-weighted centroid give colour,

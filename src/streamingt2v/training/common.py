@@ -14,7 +14,7 @@ from torch import nn
 
 from ..config import UsageError
 from ..enhancer import Enhancer
-from ..layout import fhwc_from_cfhw, uint8_from_unit
+from ..layout import uint8_from_unit
 from ..models.encoders import PromptTable, TextEncoder
 from ..pipeline import StreamingT2VPipeline
 from ..random_models import MODELSCOPE_SCHEDULER
@@ -158,7 +158,7 @@ def _sample_enhanced(enhancer: Enhancer, folder: Path, size: int, frames: int = 
         low = render(sample_params(np.random.default_rng(i), **parse_caption(prompt)), frames, size)
         cfg = replace(enhancer.config.defaults, seed=i)
         enhanced = np.stack(list(enhancer.enhance(iter(low), frames, prompt, cfg)))
-        up = fhwc_from_cfhw(enhancer.upscale(low).transpose(0, 1))  # (F, H, W, 3)
+        up = enhancer.upsampled(low)  # (F, H, W, 3)
         writer = VideoWriter(folder / f"enhanced_{i}.gif", 8)
         writer.write(np.concatenate([up, enhanced], axis=2))  # (F, H, 2W, 3)
         writer.finish()

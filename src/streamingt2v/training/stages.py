@@ -1,4 +1,4 @@
-"""The four training stages of the embedded default: what each trains, on what, with what loss.
+"""The training stages of the embedded default: what each trains, on what, with what loss.
 
 vae            AutoencoderKL on single frames: L1 reconstruction + small KL.
 image-encoder  CLIP-like vision tower, contrastive against the frozen text encoder's sentence

@@ -33,7 +33,8 @@ class WorldClips(Dataset):
     position continuously, so the clip turns to its caption's direction at frame ``turn_at``.
     Not in the paper: the world's motions never change, so without it the stream stage
     never sees conditioning frames that disagree with the caption and learns to follow the
-    frames (session 12's continuation diagnostic). 0 (the default) renders the world as is.
+    frames (benchmarks/research/diagnostics.py continuation). 0, the default, renders the
+    world as is.
     """
 
     def __init__(

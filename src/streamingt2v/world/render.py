@@ -1,4 +1,4 @@
-"""The shapes world (``shared/world.md``): procedural videos with exact ground truth.
+"""The shapes world (``docs/world.md``): procedural videos with exact ground truth.
 
 One object (circle, square or upright triangle, about a fifth of the frame wide) in one of 8
 colours moves on one of 4 backgrounds, by one of 6 motions that hold for the whole video,

@@ -1,6 +1,6 @@
 """Does the enhancer beat plain upsampling? The figures of the enhancer's model card.
 
-    python benchmarks/enhancer_eval.py --model DIR [--videos 8] [--generated 4] [--frames 48]
+    python benchmarks/paper/enhancer_eval.py --model DIR [--videos 8] [--generated 4] [--frames 48]
         [--steps N] [--strength S] [--guidance G]
         [--out runs/eval/enhancer]
 
@@ -11,7 +11,7 @@ the enhancer (the folder's default settings unless overridden; noise seed --seed
 video's index), and both are compared with the truth: PSNR, sharpness (mean spatial
 gradient magnitude, the truth's beside it) and the world checks (colour, background, shape
 right per frame). Generated: the pipeline's own videos (seed 0) of evaluation prompts drawn
-as benchmarks/world_eval.py draws them from --seed, which have no truth: world checks and
+as benchmarks/paper/world_eval.py draws them from --seed, which have no truth: world checks and
 sharpness of the upsampled and the enhanced video. Different --seed values give other
 video sets (a setting chosen on one is checked on another). Writes
 ``OUT/enhancer_eval.json`` and ``OUT/frames.png`` (every 6th frame; per video, rows
@@ -30,24 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from world_eval import eval_prompts
 
 from streamingt2v import StreamingT2VPipeline
-from streamingt2v.layout import fhwc_from_cfhw
 from streamingt2v.metrics.world_checks import check_video
+from streamingt2v.protocol import eval_prompts, psnr
 from streamingt2v.runtime import load_enhancer
 from streamingt2v.world.render import parse_caption, render, rng_for, sample_params
-
-
-def upsample(enhancer, video: np.ndarray) -> np.ndarray:
-    """(F, h, w, 3) uint8 -> the enhancer's own starting frames (its bilinear upscaling to
-    its output size) as (F, H, W, 3) uint8: the video without enhancement."""
-    return fhwc_from_cfhw(enhancer.upscale(video).transpose(0, 1))  # (F, 3, H, W) -> (F, H, W, 3)
-
-
-def psnr(video: np.ndarray, truth: np.ndarray) -> float:
-    mse = np.mean((video.astype(np.float64) - truth.astype(np.float64)) ** 2)
-    return float(10 * np.log10(255**2 / mse)) if mse else float("inf")
 
 
 def sharpness(video: np.ndarray) -> float:
@@ -105,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         started = time.perf_counter()
         enhanced = np.stack(list(enhancer.enhance(iter(low), len(low), caption, cfg)))
         seconds.append((time.perf_counter() - started) / len(low))
-        upsampled = upsample(enhancer, low)
+        upsampled = enhancer.upsampled(low)
         words = parse_caption(caption)
         row = {
             "kind": kind,

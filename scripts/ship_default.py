@@ -1,6 +1,6 @@
 """Copy a trained pipeline into the package as the embedded default, in fp16, with its card.
 
-    python benchmarks/ship_default.py --pipeline runs/default/stream/final \
+    python scripts/ship_default.py --pipeline runs/default/stream/final \
         --eval runs/eval/world_eval.json
 
 Writes ``src/streamingt2v/default_model/``: the pipeline folder (weights stored as fp16

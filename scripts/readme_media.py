@@ -1,6 +1,6 @@
 """README media: sample GIFs of the embedded default and XT slices of them.
 
-    python benchmarks/readme_media.py --model src/streamingt2v/default_model --frames 240 \
+    python scripts/readme_media.py --model src/streamingt2v/default_model --frames 240 \
         --out docs/media
 
 An XT slice stacks one row of pixels over time (time runs down): the row through the

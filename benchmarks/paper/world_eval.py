@@ -3,14 +3,14 @@
 Generates one video per prompt (fixed seeds, prompts drawn from the world's vocabulary by a
 fixed seed) and measures it with the model-free world checks and PySceneDetect:
 
-    python benchmarks/world_eval.py --model src/streamingt2v/default_model \
+    python benchmarks/paper/world_eval.py --model src/streamingt2v/default_model \
         --prompts 50 --frames 240 --long-frames 1200 --long-prompts 3 --out runs/eval
 
 Writes ``OUT/world_eval.json`` (every video's figures, rewritten after each video) and prints
 the gates. ``--resume`` keeps the videos already in that file (same model and settings) and
 makes only the rest, so a 12-prompt run extends to 50 without redoing the first 12.
 
-    python benchmarks/world_eval.py --summarize runs/eval/world_eval.json --first 12
+    python benchmarks/paper/world_eval.py --summarize runs/eval/world_eval.json --first 12
 
 re-summarizes a saved run over its first N videos (same prompts and seeds as a shorter run,
 so two models compare on the same videos) without generating anything; ``--skip 12
@@ -32,7 +32,8 @@ from streamingt2v import StreamingT2VPipeline
 from streamingt2v.metrics.scuts import count_cuts
 from streamingt2v.metrics.world_checks import check_video
 from streamingt2v.models.encoders import PromptTable
-from streamingt2v.world.render import STRAIGHT, parse_caption, rng_for, sample_params
+from streamingt2v.protocol import eval_prompts
+from streamingt2v.world.render import parse_caption
 
 GATES = {
     "colour_right": 0.90,
@@ -45,20 +46,13 @@ GATES = {
 }
 
 
-def eval_prompts(count: int, seed: int) -> list[str]:
-    """``count`` prompts from the world's vocabulary; the motions cycle so all are present."""
-    motions = [*STRAIGHT, "bouncing", "circling"]
-    rng = rng_for("eval", seed)
-    return [sample_params(rng, motion=motions[i % len(motions)]).caption for i in range(count)]
-
-
 def run_one(pipe, prompt: str, frames: int, seed: int, settings: dict) -> tuple[np.ndarray, float]:
     started = time.perf_counter()
     video = np.concatenate([c.frames for c in pipe.stream(prompt, frames, seed=seed, **settings)])
     return video, time.perf_counter() - started
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="the pipeline folder to evaluate")
     parser.add_argument("--summarize", type=Path, help="a saved world_eval.json to re-summarize")
@@ -99,6 +93,52 @@ def main() -> None:
     parser.add_argument(
         "--text-table", type=Path, help="a PromptTable in place of the model's text encoder"
     )
+    return parser
+
+
+PRINTED = ("prompt", "colour_right", "shape_right", "direction_right", "cuts", "seconds")
+
+
+def _videos(pipe, args, settings: dict, done: list[dict], done_long: list[dict]) -> list[dict]:
+    """The protocol's videos, each checked and saved as it is made (``done``: kept)."""
+    rows = []
+    for i, prompt in enumerate(eval_prompts(args.prompts, args.seed)):
+        if i < len(done):
+            rows.append(done[i])
+            continue
+        video, seconds = run_one(pipe, prompt, args.frames, seed=i, settings=settings)
+        report = check_video(video, parse_caption(prompt)).as_dict()
+        report |= {"prompt": prompt, "seed": i, "seconds": seconds, "cuts": count_cuts(video)}
+        rows.append(report)
+        print(json.dumps({k: report[k] for k in PRINTED}), flush=True)
+        save(args, rows, done_long)  # a stopped run resumes from here
+    return rows
+
+
+def _long_videos(pipe, args, settings: dict, done_long: list[dict]) -> list[dict]:
+    """The long videos, their last 240 frames checked (``done_long``: kept)."""
+    long_rows = []
+    for i, prompt in enumerate(eval_prompts(args.long_prompts, args.seed + 1)):
+        if i < len(done_long):
+            long_rows.append(done_long[i])
+            continue
+        video, seconds = run_one(pipe, prompt, args.long_frames, seed=1000 + i, settings=settings)
+        tail = check_video(video[-240:], parse_caption(prompt))
+        long_rows.append(
+            {
+                "prompt": prompt,
+                "frames": len(video),
+                "seconds": seconds,
+                "colour_right_last_240": tail.colour_right,
+                "shape_right_last_240": tail.shape_right,
+            }
+        )
+        print(json.dumps(long_rows[-1]), flush=True)
+    return long_rows
+
+
+def main() -> None:
+    parser = _parser()
     args = parser.parse_args()
     if args.summarize:
         saved = json.loads(args.summarize.read_text())
@@ -121,49 +161,8 @@ def main() -> None:
     )
     args.out.mkdir(parents=True, exist_ok=True)
     done, done_long = earlier_rows(args) if args.resume else ([], [])
-    rows = []
-    for i, prompt in enumerate(eval_prompts(args.prompts, args.seed)):
-        if i < len(done):
-            rows.append(done[i])
-            continue
-        video, seconds = run_one(pipe, prompt, args.frames, seed=i, settings=settings)
-        report = check_video(video, parse_caption(prompt)).as_dict()
-        report |= {"prompt": prompt, "seed": i, "seconds": seconds, "cuts": count_cuts(video)}
-        rows.append(report)
-        print(
-            json.dumps(
-                {
-                    k: report[k]
-                    for k in (
-                        "prompt",
-                        "colour_right",
-                        "shape_right",
-                        "direction_right",
-                        "cuts",
-                        "seconds",
-                    )
-                }
-            ),
-            flush=True,
-        )
-        save(args, rows, done_long)  # a stopped run resumes from here
-    long_rows = []
-    for i, prompt in enumerate(eval_prompts(args.long_prompts, args.seed + 1)):
-        if i < len(done_long):
-            long_rows.append(done_long[i])
-            continue
-        video, seconds = run_one(pipe, prompt, args.long_frames, seed=1000 + i, settings=settings)
-        tail = check_video(video[-240:], parse_caption(prompt))
-        long_rows.append(
-            {
-                "prompt": prompt,
-                "frames": len(video),
-                "seconds": seconds,
-                "colour_right_last_240": tail.colour_right,
-                "shape_right_last_240": tail.shape_right,
-            }
-        )
-        print(json.dumps(long_rows[-1]), flush=True)
+    rows = _videos(pipe, args, settings, done, done_long)
+    long_rows = _long_videos(pipe, args, settings, done_long)
     print(json.dumps(save(args, rows, long_rows), indent=2))
 
 

@@ -1,16 +1,16 @@
 """Measurements behind the design decisions recorded in docs/ (training.md, evaluation.md).
 
-    python benchmarks/diagnostics.py scuts            # SCuts floor: object-only cuts found
-    python benchmarks/diagnostics.py vae --vae DIR    # world checks after a VAE round trip
-    python benchmarks/diagnostics.py x0 --unet DIR [--schedule S] [--prediction P]
-    python benchmarks/diagnostics.py cam --model DIR  # does the CAM use its frames?
-    python benchmarks/diagnostics.py words --model DIR [--stream]  # does it use each word?
-    python benchmarks/diagnostics.py readme --model DIR [--guidance G] [--stream-guidance G]
-    python benchmarks/diagnostics.py chunks --model DIR  # first chunk vs streaming chunks
-    python benchmarks/diagnostics.py continuation --model DIR [--stream-guidance G]
+    python benchmarks/research/diagnostics.py scuts            # SCuts floor: object-only cuts found
+    python benchmarks/research/diagnostics.py vae --vae DIR    # world checks after a VAE round trip
+    python benchmarks/research/diagnostics.py x0 --unet DIR [--schedule S] [--prediction P]
+    python benchmarks/research/diagnostics.py cam --model DIR  # does the CAM use its frames?
+    python benchmarks/research/diagnostics.py words --model DIR [--stream]  # is each word used?
+    python benchmarks/research/diagnostics.py readme --model DIR [--guidance G]
+    python benchmarks/research/diagnostics.py chunks --model DIR  # first chunk vs streaming chunks
+    python benchmarks/research/diagnostics.py continuation --model DIR [--stream-guidance G]
         [--replace-overlap] [--against] [--videos N] [--out PNG]
-    python benchmarks/diagnostics.py side-by-side --model DIR --out PNG  # generated vs rendered
-    python benchmarks/diagnostics.py windows --eval JSON  # does the first chunk's motion last?
+    python benchmarks/research/diagnostics.py side-by-side --model DIR --out PNG  # made vs rendered
+    python benchmarks/research/diagnostics.py windows --eval JSON  # does chunk 0's motion last?
 
 ``scuts``: 8 pairs of world videos with the same background, cut at frame 24, and the
 uncut first videos, counted by AdaptiveDetector at several ``min_content_val`` floors.
@@ -70,10 +70,10 @@ def vae_round_trip(folder: Path, size: int = 32) -> None:
     """The VAE's encode-decode of 12 rendered videos at ``size`` x ``size``: world checks of
     the rendered and the returned frames, and the return's PSNR against the render."""
     from diffusers import AutoencoderKL
-    from enhancer_eval import psnr
 
     from streamingt2v.metrics.world_checks import check_video
     from streamingt2v.models.weights import load_diffusers
+    from streamingt2v.protocol import psnr
     from streamingt2v.world.render import parse_caption, render, rng_for, sample_params
 
     vae = load_diffusers(AutoencoderKL, folder).eval()
@@ -324,11 +324,10 @@ def chunk_quality(
 ) -> None:
     """Is the first chunk (the base) or the streaming stage the weak part? Background,
     colour and shape right in the first chunk and in the streaming frames, over the first
-    ``prompts`` evaluation prompts (benchmarks/world_eval.py's, seed 0 each), or the first
+    ``prompts`` evaluation prompts (benchmarks/paper/world_eval.py's, seed 0 each), or the first
     ``prompts`` of them with objects of ``shape``."""
-    from world_eval import eval_prompts
-
     from streamingt2v import StreamingT2VPipeline
+    from streamingt2v.protocol import eval_prompts
     from streamingt2v.world.render import parse_caption
 
     pipe = StreamingT2VPipeline.from_pretrained(model_dir)
@@ -381,10 +380,9 @@ def continuation(
     conditioning frame to the last new frame. ``against``: the rendered videos of straight
     motions move the opposite way to the prompt's (does the text or the frames decide?).
     With ``out``: a picture, each rendered video above its continuation."""
-    from world_eval import eval_prompts
-
     from streamingt2v import StreamingT2VPipeline
     from streamingt2v.metrics.world_checks import STRAIGHT, check_video, read_frame
+    from streamingt2v.protocol import eval_prompts
     from streamingt2v.streaming import regenerate_chunk
     from streamingt2v.world.render import parse_caption, render, rng_for, sample_params
 
@@ -456,9 +454,8 @@ def side_by_side(model_dir: Path, out: Path, prompts: int = 4, frames: int = 32)
     """A picture: for the first ``prompts`` evaluation prompts, every 4th frame of a
     generated video (seed 0) above a rendered video of the same caption (start position and
     speed differ: the caption does not fix them), each frame scaled 4x."""
-    from world_eval import eval_prompts
-
     from streamingt2v import StreamingT2VPipeline
+    from streamingt2v.protocol import eval_prompts
     from streamingt2v.world.render import parse_caption, render, rng_for, sample_params
 
     pipe = StreamingT2VPipeline.from_pretrained(model_dir)

@@ -1,6 +1,6 @@
 """The paper's enhancer ablation: temporal smoothness around chunk boundaries per mode.
 
-    python benchmarks/enhance_ablation.py --model src/streamingt2v/default_model \
+    python benchmarks/paper/enhance_ablation.py --model src/streamingt2v/default_model \
         --videos 20 --frames 96 --out runs/eval/enhance_ablation
 
 Each video is a shapes-world video rendered at the streaming resolution (so the three modes
@@ -24,7 +24,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from enhancer_eval import upsample
 from PIL import Image, ImageDraw
 
 from streamingt2v.config import MODES
@@ -55,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         params = sample_params(rng)
         low = render(params, args.frames, size=args.size)
         row = {"prompt": params.caption}
-        upsampled = upsample(enhancer, low)
+        upsampled = enhancer.upsampled(low)
         row["input"] = boundary_flow_std(upsampled, defaults.chunk, defaults.overlap)
         if i == 0:
             slices["input"] = xt_slice(upsampled)

@@ -13,10 +13,10 @@ model-free checks, in about a minute on 2 cores:
           motions (and bouncing, circling). Gate: direction >= 90% of 8-frame windows on the
           straight motions, colour and shape held (rung 1's figures over all frames).
 
-    python benchmarks/ladder.py rung0 --vae DIR [--object-size 0.3]
-    python benchmarks/ladder.py rung1 --unet DIR --vae DIR [--guidance G] [--steps N]
-    python benchmarks/ladder.py rung1 --run RUN_DIR --vae DIR   # a run's latest checkpoint (EMA)
-    python benchmarks/ladder.py rung2 --run RUN_DIR --vae DIR [--count 24]
+    python benchmarks/research/ladder.py rung0 --vae DIR [--object-size 0.3]
+    python benchmarks/research/ladder.py rung1 --unet DIR --vae DIR [--guidance G] [--steps N]
+    python benchmarks/research/ladder.py rung1 --run RUN_DIR --vae DIR  # latest checkpoint (EMA)
+    python benchmarks/research/ladder.py rung2 --run RUN_DIR --vae DIR [--count 24]
 
 Each prints one JSON line (add ``--out FILE`` to append it to a JSON-lines file), so a run's
 learning curve is the ladder measured on its checkpoints.

@@ -1,6 +1,6 @@
 """The paper's comparisons, reproduced on one model: every method on the same prompts and seeds.
 
-    python benchmarks/paper_tables.py --model src/streamingt2v/default_model \
+    python benchmarks/paper/paper_tables.py --model src/streamingt2v/default_model \
         --prompts 50 --frames 240 --long-prompts 5 --long-frames 600 --out docs/results
 
 Methods (``streamingt2v.methods.METHODS``): the method itself, ``independent`` chunks,
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -38,168 +37,26 @@ from PIL import Image, ImageDraw
 
 from streamingt2v import StreamingT2VPipeline
 from streamingt2v.config import UsageError
-from streamingt2v.evaluate import ClipPair, evaluate_video
+from streamingt2v.evaluate import ClipPair
 from streamingt2v.methods import METHODS
 from streamingt2v.metrics.world_checks import xt_slice
-from streamingt2v.world.render import STRAIGHT, rng_for, sample_params
-
-COLUMNS = (
-    ("mawe", "MAWE (lower better)"),
-    ("scuts", "SCuts per video"),
-    ("clip", "CLIP score"),
-    ("colour", "colour right"),
-    ("background", "background right"),
-    ("shape", "shape right"),
-    ("direction", "direction right"),
-    ("speed_kept", "speed last/first 80"),
+from streamingt2v.protocol import (
+    COLUMNS,
+    PER_PROMPT_LONG,
+    RESAMPLES,
+    SPREAD,
+    eval_prompts,
+    mean_of,
+    measure,
+    paired_table,
+    per_prompt_table,
+    spread,
+)
+from streamingt2v.protocol import (
+    table as summary_table,
 )
 
-
-def eval_prompts(count: int, seed: int) -> list[str]:
-    """``count`` prompts from the world's vocabulary; the motions cycle so all are present."""
-    motions = [*STRAIGHT, "bouncing", "circling"]
-    rng = rng_for("paper-tables", seed)
-    return [sample_params(rng, motion=motions[i % len(motions)]).caption for i in range(count)]
-
-
-def measure(video: np.ndarray, prompt: str, clip: ClipPair | None, mawe_size: int) -> dict:
-    report = evaluate_video(video, prompt, clip, mawe_size=mawe_size)
-    world = report["world"] or {}
-    speeds = [s for s in report["curves"].get("speed", []) if s is not None]
-    first, last = (speeds[:10], speeds[-10:]) if len(speeds) >= 20 else (speeds[:1], speeds[-1:])
-    kept = (
-        statistics.mean(last) / statistics.mean(first) if first and statistics.mean(first) else None
-    )
-    drift = report["curves"].get("embedding_drift", [])
-    colour_drift = report["curves"].get("colour_drift", [])
-    return {
-        "mawe": report["mawe"]["mawe"],
-        "scuts": report["scuts"],
-        "clip": report.get("clip_score"),
-        "colour": world.get("colour_right"),
-        "background": world.get("background_right"),
-        "shape": world.get("shape_right"),
-        "direction": world.get("direction_right"),
-        "speed_kept": kept,
-        "anchor_drift_last": drift[-1] if drift else None,
-        "colour_drift_last": colour_drift[-1] if colour_drift else None,
-    }
-
-
-def finite(value: float | None) -> bool:
-    return value is not None and bool(np.isfinite(value))
-
-
-def mean_of(rows: list[dict], key: str) -> float | None:
-    values = [r[key] for r in rows if finite(r.get(key))]
-    return statistics.mean(values) if values else None
-
-
-def spread(rows: list[dict]) -> dict:
-    """What a mean hides: the median MAWE (a few videos with huge warp errors move the mean)
-    and how many videos have any cut at all (SCuts counts several per video)."""
-    mawe = [r["mawe"] for r in rows if finite(r.get("mawe"))]
-    return {
-        "mawe_median": statistics.median(mawe) if mawe else None,
-        "videos_with_cut": sum(1 for r in rows if (r.get("scuts") or 0) > 0),
-    }
-
-
-SPREAD = (("mawe_median", "MAWE median"), ("videos_with_cut", "videos with a cut"))
-
-
-PERCENT = ("colour", "background", "shape", "direction", "long_colour")
-
-
-def fmt(value: float | None, key: str) -> str:
-    if value is None:
-        return "-"
-    if key in PERCENT:
-        return f"{value:.1%}"
-    if isinstance(value, int):
-        return str(value)
-    return f"{value:.2f}"
-
-
-def table(summary: dict, methods: list[str], keys: tuple[tuple[str, str], ...]) -> list[str]:
-    lines = ["| method | " + " | ".join(label for _, label in keys) + " |"]
-    lines.append("|---" * (len(keys) + 1) + "|")
-    for m in methods:
-        cells = [fmt(summary[m].get(k), k) for k, _ in keys]
-        lines.append(f"| `{m}` | " + " | ".join(cells) + " |")
-    return lines
-
-
-def per_prompt_table(
-    rows: dict[str, list[dict]], methods: list[str], keys: tuple[tuple[str, str], ...]
-) -> list[str]:
-    """One line per prompt (by seed) with every method's figure side by side, ``a / b``: what
-    a mean over a few long videos hides."""
-    by_seed = {m: {r["seed"]: r for r in rows[m]} for m in methods}
-    names = " / ".join(methods)
-    lines = ["| seed | prompt | " + " | ".join(f"{label}, {names}" for _, label in keys) + " |"]
-    lines.append("|---" * (len(keys) + 2) + "|")
-    for seed in sorted(set.intersection(*(set(s) for s in by_seed.values()))):
-        cells = [
-            " / ".join(fmt(by_seed[m][seed].get(key), key) for m in methods) for key, _ in keys
-        ]
-        lines.append(
-            f"| {seed} | {by_seed[methods[0]][seed]['prompt']} | " + " | ".join(cells) + " |"
-        )
-    return lines
-
-
-PER_PROMPT_LONG = (
-    ("anchor_drift_last", "anchor distance"),
-    ("colour_drift_last", "colour distance"),
-    ("colour", "colour right"),
-)
-
-
-PAIRED = ("mawe", "scuts", "clip", "colour", "background", "shape", "direction")
-RESAMPLES = 10_000
-
-
-def paired_differences(
-    rows: dict[str, list[dict]], base: str, key: str, resamples: int = RESAMPLES, seed: int = 0
-) -> dict[str, tuple[float, float, float, int]]:
-    """Each method's mean difference from ``base`` on ``key`` over the prompts both measured
-    (paired by seed), with a 95% percentile-bootstrap interval over prompts: name ->
-    (mean, low, high, prompts). The same resampling for every method and metric."""
-    by_seed = {r["seed"]: r.get(key) for r in rows[base]}
-    out = {}
-    for method, method_rows in rows.items():
-        if method == base:
-            continue
-        pairs = [(r.get(key), by_seed.get(r["seed"])) for r in method_rows]
-        diffs = np.array([a - b for a, b in pairs if finite(a) and finite(b)], dtype=np.float64)
-        if not len(diffs):
-            continue
-        picks = np.random.default_rng(seed).integers(0, len(diffs), (resamples, len(diffs)))
-        low, high = np.percentile(diffs[picks].mean(axis=1), [2.5, 97.5])
-        out[method] = (float(diffs.mean()), float(low), float(high), len(diffs))
-    return out
-
-
-def paired_table(rows: dict[str, list[dict]], base: str) -> list[str]:
-    """Method minus ``base`` per metric, with its 95% interval; bold where it excludes 0."""
-    diffs = {key: paired_differences(rows, base, key) for key in PAIRED}
-    labels = dict(COLUMNS)
-    lines = ["| method | " + " | ".join(labels[k] for k in PAIRED) + " |"]
-    lines.append("|---" * (len(PAIRED) + 1) + "|")
-    for method in [m for m in rows if m != base]:
-        cells = []
-        for key in PAIRED:
-            if method not in diffs[key]:
-                cells.append("-")
-                continue
-            mean, low, high, _ = diffs[key][method]
-            scale, unit, digits = (100, " pt", 1) if key in PERCENT else (1, "", 2)
-            low_s, high_s = f"{low * scale:+.{digits}f}", f"{high * scale:+.{digits}f}"
-            cell = f"{mean * scale:+.{digits}f}{unit} [{low_s}, {high_s}]"
-            cells.append(f"**{cell}**" if low > 0 or high < 0 else cell)
-        lines.append(f"| `{method}` | " + " | ".join(cells) + " |")
-    return lines
+PROMPTS = "paper-tables"  # this protocol's prompt set (protocol.eval_prompts)
 
 
 def xt_figure(slices: dict[str, np.ndarray], out: Path, scale: int = 4) -> None:
@@ -271,7 +128,7 @@ class Store:
 LONG_METHODS = ("streamingt2v", "no-apm")  # the long videos are the APM ablation
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
@@ -312,37 +169,13 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="make no video: write the tables from OUT/results.json (implies --resume)",
     )
-    args = parser.parse_args(argv)
-    args.resume = args.resume or args.tables_only
-    if args.quick:
-        args.prompts, args.frames, args.steps = 2, 40, 4
-        args.long_prompts, args.long_frames, args.mawe_size = 1, 56, 64
-    trained = []  # (name, folder) of each trained baseline
-    for spec in args.trained:
-        name, sep, folder = spec.partition("=")
-        if not sep or not name or not folder:
-            parser.error(f"--trained takes NAME=DIR, got {spec!r}")
-        trained.append((name, Path(folder)))
-    names = [*args.methods, *(name for name, _ in trained)]
-    long_names = args.long_methods or [n for n in LONG_METHODS if n in names] or names
-    if unknown := sorted(set(long_names) - set(names)):
-        parser.error(f"--long-methods names no run: {unknown}")
-    try:
-        store = Store(args.out, args, names, resume=args.resume)
-    except UsageError as err:
-        parser.error(str(err))
-    if args.tables_only and not store.path.exists():
-        parser.error(f"--tables-only: {store.path} does not exist")
-    args.out.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in (("steps", args.steps), ("scheduler", args.scheduler)) if v}
-    prompts = eval_prompts(args.prompts, args.seed)
-    long_prompts = eval_prompts(args.long_prompts, args.seed + 1)
-    runs, clip = [], None  # (name in the tables, pipeline, method); none with --tables-only
-    if not args.tables_only:
-        pipe = StreamingT2VPipeline.from_pretrained(args.model)
-        runs = [(method, pipe, method) for method in args.methods]  # then the trained baselines
-        runs += [(n, StreamingT2VPipeline.from_pretrained(f), "streamingt2v") for n, f in trained]
-        clip = None if args.no_clip else ClipPair.from_pipeline(args.clip or args.model)
+    return parser
+
+
+def _make_videos(store, runs, args, prompt_lists, name_lists, settings, clip) -> None:
+    """Every missing video of the two tables, measured and stored as it is made."""
+    prompts, long_prompts = prompt_lists
+    names, long_names = name_lists
     # prompt by prompt, every method on each: a stopped run leaves balanced tables behind
     for table_name, prompt_list, frames, first_seed, wanted in (
         ("videos", prompts, args.frames, 0, names),
@@ -361,8 +194,11 @@ def main(argv: list[str] | None = None) -> None:
                     store.save_slice(name, xt_slice(video))
                 store.add(table_name, name, row)
                 print(json.dumps({"method": name, **row}, default=str), flush=True)
-    rows, long_rows = store.balanced("videos", names), store.balanced("long", long_names)
-    summary = {
+
+
+def _summary(rows: dict, long_rows: dict, names: list[str]) -> dict:
+    """Each method's means over the balanced rows (and its long videos')."""
+    return {
         m: {k: mean_of(rows[m], k) for k, _ in COLUMNS}
         | spread(rows[m])
         | {
@@ -373,11 +209,11 @@ def main(argv: list[str] | None = None) -> None:
         }
         for m in names
     }
-    store.data["summary"] = summary
-    store.write()
-    if slices := store.slices():
-        xt_figure(slices, args.out / "xt_slices.png")
-    command = "python benchmarks/paper_tables.py " + " ".join(
+
+
+def _report(args, argv, settings, prompts, rows, long_rows, names, long_names, summary) -> list:
+    """The lines of results.md."""
+    command = "python benchmarks/paper/paper_tables.py " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
     measured, long_measured = len(rows[names[0]]), len(long_rows[long_names[0]])
@@ -422,16 +258,16 @@ def main(argv: list[str] | None = None) -> None:
         "",
         "## Table 1 analogue",
         "",
-        *table(summary, names, COLUMNS),
+        *summary_table(summary, names, COLUMNS),
         "",
         f"The same videos' spread over the {measured} prompts:",
         "",
-        *table(summary, names, SPREAD),
+        *summary_table(summary, names, SPREAD),
         "",
         *paired_lines,
         "## Long videos: appearance over time (APM ablation)",
         "",
-        *table(summary, long_names, long_keys),
+        *summary_table(summary, long_names, long_keys),
         "",
         "The same long videos prompt by prompt (same columns, methods in the order named):",
         "",
@@ -440,6 +276,50 @@ def main(argv: list[str] | None = None) -> None:
         *xt_lines,
         "Every video's figures: `results.json`.",
     ]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    args.resume = args.resume or args.tables_only
+    if args.quick:
+        args.prompts, args.frames, args.steps = 2, 40, 4
+        args.long_prompts, args.long_frames, args.mawe_size = 1, 56, 64
+    trained = []  # (name, folder) of each trained baseline
+    for spec in args.trained:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name or not folder:
+            parser.error(f"--trained takes NAME=DIR, got {spec!r}")
+        trained.append((name, Path(folder)))
+    names = [*args.methods, *(name for name, _ in trained)]
+    long_names = args.long_methods or [n for n in LONG_METHODS if n in names] or names
+    if unknown := sorted(set(long_names) - set(names)):
+        parser.error(f"--long-methods names no run: {unknown}")
+    try:
+        store = Store(args.out, args, names, resume=args.resume)
+    except UsageError as err:
+        parser.error(str(err))
+    if args.tables_only and not store.path.exists():
+        parser.error(f"--tables-only: {store.path} does not exist")
+    args.out.mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in (("steps", args.steps), ("scheduler", args.scheduler)) if v}
+    prompts = eval_prompts(args.prompts, args.seed, key=PROMPTS)
+    long_prompts = eval_prompts(args.long_prompts, args.seed + 1, key=PROMPTS)
+    runs, clip = [], None  # (name in the tables, pipeline, method); none with --tables-only
+    if not args.tables_only:
+        pipe = StreamingT2VPipeline.from_pretrained(args.model)
+        runs = [(method, pipe, method) for method in args.methods]  # then the trained baselines
+        runs += [(n, StreamingT2VPipeline.from_pretrained(f), "streamingt2v") for n, f in trained]
+        clip = None if args.no_clip else ClipPair.from_pipeline(args.clip or args.model)
+    _make_videos(store, runs, args, (prompts, long_prompts), (names, long_names), settings, clip)
+    rows, long_rows = store.balanced("videos", names), store.balanced("long", long_names)
+    summary = _summary(rows, long_rows, names)
+    store.data["summary"] = summary
+    store.write()
+    if slices := store.slices():
+        xt_figure(slices, args.out / "xt_slices.png")
+    lines = _report(args, argv, settings, prompts, rows, long_rows, names, long_names, summary)
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
