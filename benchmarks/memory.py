@@ -2,8 +2,8 @@
 
 Each length runs in a fresh process (peak RSS = ``ru_maxrss`` of that process), writing an
 H.264 mp4 exactly as the command does, on a tiny random model folder.
-Targets: generate, peak at 1200 frames / at 80 <= 1.10 (core issue); enhance, peak at 1200
-frames / at 120 <= 1.10 and time per frame within 10% of linear (enhancer issue).
+Targets: generate, peak at 1200 frames / at 80 <= 1.10; enhance, peak at 1200
+frames / at 120 <= 1.10 and time per frame within 10% of linear.
 
     python benchmarks/memory.py --frames 80 1200 --repeats 3 --steps 2
     python benchmarks/memory.py --enhance --frames 120 1200 --repeats 3 --steps 4

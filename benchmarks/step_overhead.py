@@ -1,7 +1,7 @@
 """Cost of one denoising step of base + CAM + APM over the base UNet alone.
 
 Same chunk (F=16, F_cond=8), same guided (doubled) batch, one process; the two are timed in
-alternation and the median of ``--runs`` runs of each is compared. Target (core issue): <= 1.35.
+alternation and the median of ``--runs`` runs of each is compared. Target: <= 1.35.
 Also timed in the same alternation: base + CAM + APM at guidance 1, where only the prompt's
 branch runs (``guidance_1_ratio``: its step over the guided step).
 

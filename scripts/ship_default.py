@@ -24,6 +24,7 @@ import argparse
 import csv
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,8 @@ from streamingt2v.config import UsageError
 from streamingt2v.enhancer import Enhancer
 from streamingt2v.generate import DEFAULT_MODEL_DIR
 from streamingt2v.models.weights import load_diffusers
+from streamingt2v.options import add_options
+from streamingt2v.run_config import SAMPLE_FIELDS, GenerateConfig, sample_overrides
 
 
 def lineage(folder: Path) -> list[Path]:
@@ -99,17 +102,8 @@ def main() -> None:
     parser.add_argument("--pipeline", type=Path, required=True)
     parser.add_argument("--eval", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR)
-    parser.add_argument("--steps", type=int, default=None, help="default sampling steps")
-    parser.add_argument("--scheduler", default=None, help="default scheduler (ddim or dpm)")
-    parser.add_argument(
-        "--stream-guidance", type=float, default=None, help="the streaming chunks' guidance"
-    )
-    parser.add_argument(
-        "--replace-overlap",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="the model's SampleConfig.replace_overlap",
-    )
+    # generate's sampling flags: each one given becomes the shipped folder's default
+    add_options(parser, GenerateConfig, only=SAMPLE_FIELDS)
     parser.add_argument("--vae", type=Path, default=None, help="a VAE in the same latent space")
     parser.add_argument(
         "--unet", type=Path, default=None, help="the first chunk's base UNet from this folder"
@@ -132,14 +126,7 @@ def main() -> None:
         parser.error("--enhancer-vae needs --enhancer")
 
     pipe = StreamingT2VPipeline.from_pretrained(args.pipeline)
-    if args.steps:
-        pipe.config.sample.steps = args.steps
-    if args.scheduler:
-        pipe.config.sample.scheduler = args.scheduler
-    if args.stream_guidance is not None:
-        pipe.config.sample.stream_guidance = args.stream_guidance
-    if args.replace_overlap is not None:
-        pipe.config.sample.replace_overlap = args.replace_overlap
+    pipe.config.sample = replace(pipe.config.sample, **sample_overrides(args))
     if args.vae:
         vae = load_diffusers(AutoencoderKL, args.vae)
         pipe.vae = matching(vae, pipe.vae, LATENT_SPACE, args.vae)

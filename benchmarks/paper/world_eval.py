@@ -1,4 +1,4 @@
-"""Quality gates of the embedded default on the shapes world (embedded-default issue).
+"""Quality gates of the embedded default on the shapes world (the project's gates).
 
 Generates one video per prompt (fixed seeds, prompts drawn from the world's vocabulary by a
 fixed seed) and measures it with the model-free world checks and PySceneDetect:
@@ -32,7 +32,9 @@ from streamingt2v import StreamingT2VPipeline
 from streamingt2v.metrics.scuts import count_cuts
 from streamingt2v.metrics.world_checks import check_video
 from streamingt2v.models.encoders import PromptTable
+from streamingt2v.options import add_options
 from streamingt2v.protocol import eval_prompts
+from streamingt2v.run_config import SAMPLE_FIELDS, GenerateConfig, sample_overrides
 from streamingt2v.world.render import parse_caption
 
 GATES = {
@@ -68,18 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--long-prompts", type=int, default=3)
     parser.add_argument("--long-frames", type=int, default=1200)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--scheduler", default=None)
-    parser.add_argument("--guidance", type=float, default=None, help="instead of the model's")
-    parser.add_argument(
-        "--stream-guidance", type=float, default=None, help="the streaming chunks' guidance"
-    )
-    parser.add_argument(
-        "--replace-overlap",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="SampleConfig.replace_overlap (default: the model's)",
-    )
+    add_options(parser, GenerateConfig, only=SAMPLE_FIELDS)  # generate's sampling flags
     parser.add_argument(
         "--method", default="streamingt2v", help="the method or a baseline/ablation (METHODS)"
     )
@@ -151,14 +142,7 @@ def main() -> None:
         parser.error("--model is required (or --summarize FILE)")
     table = PromptTable.load(args.text_table) if args.text_table else None
     pipe = StreamingT2VPipeline.from_pretrained(args.model, args.device, text_encoder=table)
-    settings = dict(  # None: the model's default
-        steps=args.steps,
-        scheduler=args.scheduler,
-        guidance=args.guidance,
-        stream_guidance=args.stream_guidance,
-        replace_overlap=args.replace_overlap,
-        method=args.method,
-    )
+    settings = sample_overrides(args) | {"method": args.method}  # unset: the model's
     args.out.mkdir(parents=True, exist_ok=True)
     done, done_long = earlier_rows(args) if args.resume else ([], [])
     rows = _videos(pipe, args, settings, done, done_long)

@@ -55,12 +55,27 @@ def cli_fields(cls: type) -> list[dataclasses.Field]:
     return sorted(options, key=lambda f: f.kw_only is True)
 
 
-def add_options(parser: argparse.ArgumentParser, cls: type, **help_values: Any) -> None:
-    """Add one argument per option of ``cls`` to ``parser``."""
+class _ModelDefault(dict):
+    """Help values: a name not given reads "the model's"."""
+
+    def __missing__(self, key: str) -> str:
+        return "the model's"
+
+
+def add_options(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    only: tuple[str, ...] | None = None,
+    **help_values: Any,
+) -> None:
+    """Add one argument per option of ``cls`` to ``parser`` (``only``: those fields alone,
+    for a script that takes some of a command's options)."""
     for f in cli_fields(cls):
+        if only is not None and f.name not in only:
+            continue
         meta = f.metadata
         kwargs = dict(meta["argparse"])
-        kwargs["help"] = meta["help"].format(**help_values) if help_values else meta["help"]
+        kwargs["help"] = meta["help"].format_map(_ModelDefault(help_values))
         action = kwargs.get("action")
         if action is None or action is argparse.BooleanOptionalAction:
             kwargs.setdefault("type", _type_of(f))

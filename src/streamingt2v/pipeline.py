@@ -53,7 +53,7 @@ from .models.weights import (
 )
 from .offload import Offloader, OnDevice, place
 from .sampling import chunk_sampler, max_steps
-from .streaming import ChunkModels, Request, VideoChunk, chunk_count, stream
+from .streaming import ChunkModels, Request, StreamState, VideoChunk, chunk_count, stream
 
 STREAMING_PARTS = ("cam", "apm", "image_encoder")
 
@@ -429,6 +429,7 @@ class StreamingT2VPipeline(OnDevice):
         width: int | None = None,
         method: str = "streamingt2v",
         progress: bool = False,
+        resume: StreamState | None = None,
     ) -> Iterator[VideoChunk]:
         """Yield chunks of new frames as they are made (constant memory in the video length).
 
@@ -446,6 +447,10 @@ class StreamingT2VPipeline(OnDevice):
             height, width: frame size in pixels (None: the model's own).
             method: the method or a baseline/ablation (``methods.METHODS``).
             progress: progress bars on stderr.
+            resume: continue from a ``StreamState`` (``chunk.state`` of an earlier stream,
+                ``StreamState.load``, or ``streaming.state_at`` to branch from chunk k):
+                the frames from ``resume.made`` on, exactly as an uninterrupted stream
+                with these settings makes them.
         """
         request = self.request(
             prompt,
@@ -461,7 +466,7 @@ class StreamingT2VPipeline(OnDevice):
             width=width,
             method=method,
         )
-        return stream(self.chunk_models(), request, progress=progress)
+        return stream(self.chunk_models(), request, progress=progress, resume=resume)
 
     def __call__(
         self,

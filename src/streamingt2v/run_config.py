@@ -62,7 +62,8 @@ def check_fps(fps: object) -> None:
         raise UsageError(f"fps must be an integer in [1, 240], got {fps!r}")
 
 
-# The fields of GenerateConfig that are the model's sampling settings (SampleConfig's).
+# The fields of GenerateConfig that are the model's sampling settings (SampleConfig's);
+# scripts take them with ``options.add_options(parser, GenerateConfig, only=SAMPLE_FIELDS)``.
 SAMPLE_FIELDS = (
     "steps",
     "guidance",
@@ -71,6 +72,13 @@ SAMPLE_FIELDS = (
     "stream_guidance",
     "replace_overlap",
 )
+
+
+def sample_overrides(settings: object) -> dict[str, Any]:
+    """The sampling settings that ``settings`` (a GenerateConfig or parsed flags) gives, not
+    None, by ``SampleConfig`` field."""
+    values = {name: getattr(settings, name) for name in SAMPLE_FIELDS}
+    return {k: v for k, v in values.items() if v is not None}
 
 
 @dataclass
@@ -167,8 +175,7 @@ class GenerateConfig(RunOptions):
 
     def sample_overrides(self) -> dict[str, Any]:
         """The sampling settings given (not None), by ``SampleConfig`` field."""
-        values = {name: getattr(self, name) for name in SAMPLE_FIELDS}
-        return {k: v for k, v in values.items() if v is not None}
+        return sample_overrides(self)
 
     def request_settings(self) -> dict[str, Any]:
         """The keyword arguments of ``pipe.request`` for this run."""

@@ -13,6 +13,12 @@ Each chunk's noise (initial latents and the stochastic sampler steps) comes from
 generator seeded by (seed, chunk index), so any chunk can be regenerated alone from its
 conditioning frames and the anchor, bit for bit (tested).
 
+After every chunk the loop hands out a ``StreamState``: the conditioning frames exactly as
+the next chunk consumes them, the anchor frame and the frames made but not yet handed out.
+A stream started from one (``stream(..., resume=state)``) continues exactly: resuming a
+stopped run, extending a finished video, or branching from chunk k (``state_at``) with
+another seed or prompt.
+
 The loop sees the models only through ``ChunkModels`` (``pipe.chunk_models()``): encoding
 the prompt and the anchor, the latent shape, decoding, and the factory of chunk samplers
 (``methods.chunk_sampler``).
@@ -21,10 +27,14 @@ the prompt and the anchor, the latent shape, decoding, and the factory of chunk 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,6 +64,70 @@ class Request:
 
 
 @dataclass
+class StreamState:
+    """Everything the chunks after ``next_index - 1`` need, as uint8 frames: a stream resumed
+    from it makes what the uninterrupted stream would have made, bit for bit."""
+
+    next_index: int  # the next chunk to make
+    made: int  # frames handed out so far
+    cond_frames: np.ndarray  # (F_cond, H, W, 3) uint8, as the next chunk consumes them
+    anchor: np.ndarray  # (H, W, 3) uint8: the video's frame 0 (the APM's anchor)
+    # (P, H, W, 3) uint8: frames of the last chunk made but not handed out (a request that
+    # ends inside a chunk); an extension hands them out first.
+    pending: np.ndarray
+
+    def check(self, stream: StreamConfig) -> None:
+        """A UsageError unless the state fits chunks of ``stream``."""
+        made_by = frames_made(self.next_index, stream)
+        if self.next_index < 1 or self.made + len(self.pending) != made_by:
+            raise UsageError(
+                f"state after chunk {self.next_index - 1} holds {self.made} + "
+                f"{len(self.pending)} frames; chunks of {stream.chunk_frames} with "
+                f"{stream.cond_frames} conditioning frames make {made_by}"
+            )
+        if len(self.cond_frames) != stream.cond_frames:
+            raise UsageError(
+                f"state has {len(self.cond_frames)} conditioning frames, the model takes "
+                f"{stream.cond_frames}"
+            )
+
+    def save(self, path: Path, meta: dict[str, Any] | None = None) -> None:
+        """One safetensors file (replaced in one rename): the frames as tensors, the indices
+        and ``meta`` (settings, model hashes: JSON) in its metadata."""
+        import torch
+        from safetensors.torch import save_file
+
+        tensors = {"cond_frames": self.cond_frames, "anchor": self.anchor}
+        if len(self.pending):
+            tensors["pending"] = self.pending
+        info = {"next_index": self.next_index, "made": self.made, "meta": meta or {}}
+        path = Path(path)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        save_file(
+            {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in tensors.items()},
+            tmp,
+            metadata={"streamingt2v_state": json.dumps(info)},
+        )
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> tuple[StreamState, dict[str, Any]]:
+        """The state saved at ``path`` and its ``meta``."""
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), "np") as f:
+                info = json.loads((f.metadata() or {})["streamingt2v_state"])
+                arrays = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        except (OSError, KeyError, ValueError, SafetensorError) as err:
+            raise UsageError(f"not a stream state file: {path} ({err})") from err
+        anchor = arrays["anchor"]
+        pending = arrays.get("pending", np.zeros((0, *anchor.shape), np.uint8))
+        state = cls(info["next_index"], info["made"], arrays["cond_frames"], anchor, pending)
+        return state, info["meta"]
+
+
+@dataclass
 class VideoChunk:
     """One chunk's new frames, as handed out by ``stream``."""
 
@@ -62,6 +136,7 @@ class VideoChunk:
     frames: np.ndarray  # (F_new, H, W, 3) uint8
     seed: int  # the seed of this chunk's generator
     seconds: float  # wall time to make it, decoding included
+    state: StreamState | None = None  # where the stream stands after this chunk
 
 
 @dataclass(frozen=True)
@@ -94,6 +169,27 @@ def chunk_count(num_frames: int, stream: StreamConfig) -> int:
     """
     extra = max(0, num_frames - stream.chunk_frames)
     return 1 + math.ceil(extra / stream.new_frames)
+
+
+def frames_made(chunks: int, stream: StreamConfig) -> int:
+    """Frames that the first ``chunks`` chunks make (untrimmed)."""
+    return 0 if chunks < 1 else stream.chunk_frames + (chunks - 1) * stream.new_frames
+
+
+def state_at(video: np.ndarray, index: int, stream: StreamConfig) -> StreamState:
+    """The state before chunk ``index`` of ``video`` ((N, H, W, 3) uint8, a video this model
+    made): to branch from that chunk on, keeping the frames before it. Exact where the frames
+    are (a PNG folder, frames in memory); a compressed video's frames are re-read pixels."""
+    if index < 1:
+        raise UsageError("branching from chunk 0 remakes the whole video: generate it anew")
+    start = frames_made(index, stream)
+    if start > len(video):
+        raise UsageError(
+            f"chunk {index} starts at frame {start}, past the video's {len(video)} frames"
+        )
+    cond = video[start - stream.cond_frames : start]
+    empty = np.zeros((0, *video.shape[1:]), np.uint8)
+    return StreamState(index, start, np.ascontiguousarray(cond), video[0].copy(), empty)
 
 
 def chunk_seed(seed: int, index: int) -> int:
@@ -145,11 +241,17 @@ def regenerate_chunk(
             if cond_frames is None or anchor is None:
                 raise UsageError(f"chunk {index} needs its conditioning frames and the anchor")
             cond = models.to_model_frames(cond_frames, request.size)
-            embeds = models.encode_anchor(
-                models.to_model_frames(anchor[None], request.size)[:, :, 0]
-            )
+            embeds = anchor_embeds(models, anchor, request.size)
         frames = generate_chunk(models, request, index, context, cond, embeds)
     return fhwc_from_cfhw(frames[0])
+
+
+def anchor_embeds(
+    models: ChunkModels, anchor: np.ndarray, size: tuple[int, int] | None
+) -> torch.Tensor:
+    """(2, E) APM embeddings of the anchor frame (H, W, 3) uint8."""
+    frame = models.to_model_frames(anchor[None], size)  # (1, 3, 1, H, W)
+    return models.encode_anchor(frame[:, :, 0])
 
 
 def chunk_contexts(models: ChunkModels, request: Request) -> list[torch.Tensor]:
@@ -163,40 +265,80 @@ def chunk_contexts(models: ChunkModels, request: Request) -> list[torch.Tensor]:
     return [models.encode_prompt(request.prompt, sample.negative_prompt_of(0)), streaming]
 
 
-def stream(models: ChunkModels, request: Request, progress: bool = False) -> Iterator[VideoChunk]:
+def stream(
+    models: ChunkModels,
+    request: Request,
+    progress: bool = False,
+    resume: StreamState | None = None,
+) -> Iterator[VideoChunk]:
     """Yield the video chunk by chunk; exactly ``request.num_frames`` frames in all.
 
     The conditioning frames and the anchor are taken from the uint8 frames handed out, so a
     chunk depends only on what the video holds (and can be regenerated from a saved video).
+    ``resume``: continue from that state (its pending frames first), as if the stream had
+    run to it with this request: frames ``resume.made`` on.
     """
     if METHODS[request.method].whole_video:
+        if resume is not None:
+            raise UsageError(f"--method {request.method} makes the whole video at once")
         yield _whole_video(models, request, progress)
         return
     stream_cfg = models.stream
     total = chunk_count(request.num_frames, stream_cfg)
     with torch.inference_mode():
         contexts = chunk_contexts(models, request)
-    made = 0
+    made, first, anchor = 0, 0, None
     cond = embeds = None
-    for index in tqdm(range(total), desc="chunks", disable=not progress):
+    if resume is not None:
+        resume.check(stream_cfg)
+        made, first, anchor = resume.made, resume.next_index, resume.anchor
+        if len(resume.pending) and made < request.num_frames:
+            yield _pending(resume, request, stream_cfg)
+            made = min(request.num_frames, made + len(resume.pending))
+        with torch.inference_mode():
+            cond = models.to_model_frames(resume.cond_frames, request.size)
+            if first < total:
+                embeds = anchor_embeds(models, anchor, request.size)
+    for index in tqdm(range(first, total), desc="chunks", disable=not progress):
         started = time.perf_counter()
         with torch.inference_mode():
             context = contexts[min(index, 1)]
             decoded = generate_chunk(models, request, index, context, cond, embeds, progress)
             frames = fhwc_from_cfhw(decoded[0])  # (F_new, H, W, 3)
-            if index == 0 and total > 1:
-                anchor = models.to_model_frames(frames[:1], request.size)[:, :, 0]
-                embeds = models.encode_anchor(anchor)
+            if index == 0:
+                anchor = frames[0].copy()
+                if total > 1:
+                    embeds = anchor_embeds(models, anchor, request.size)
             cond = models.to_model_frames(frames[-stream_cfg.cond_frames :], request.size)
         keep = min(len(frames), request.num_frames - made)
+        after = StreamState(
+            index + 1, made + keep, frames[-stream_cfg.cond_frames :], anchor, frames[keep:]
+        )
         yield VideoChunk(
             index=index,
             start=made,
             frames=frames[:keep],
             seed=chunk_seed(request.seed, index),
             seconds=time.perf_counter() - started,
+            state=after,
         )
         made += keep
+
+
+def _pending(resume: StreamState, request: Request, stream_cfg: StreamConfig) -> VideoChunk:
+    """The frames a stopped stream had made but not handed out, as the rest of their chunk."""
+    keep = min(len(resume.pending), request.num_frames - resume.made)
+    after = StreamState(
+        resume.next_index,
+        resume.made + keep,
+        resume.cond_frames,
+        resume.anchor,
+        resume.pending[keep:],
+    )
+    index = resume.next_index - 1
+    return VideoChunk(
+        index, resume.made, resume.pending[:keep], chunk_seed(request.seed, index), 0.0, after
+    )
 
 
 def _whole_video(models: ChunkModels, request: Request, progress: bool) -> VideoChunk:

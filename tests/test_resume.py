@@ -1,0 +1,66 @@
+"""Resuming, extending and branching a stream: exact, from a saved ``StreamState``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamingt2v.config import UsageError
+from streamingt2v.streaming import StreamState, state_at, stream
+
+FAST = dict(steps=2, scheduler="ddim")
+
+
+def _frames(chunks) -> np.ndarray:
+    return np.concatenate([c.frames for c in chunks])
+
+
+def test_a_stream_resumed_from_any_chunk_equals_the_uninterrupted_one(tiny_pipe, tmp_path):
+    request = tiny_pipe.request("a red circle moving right", 44, seed=3, **FAST)
+    models = tiny_pipe.chunk_models()
+    whole = list(stream(models, request))
+    for stopped_after in (0, 2):  # the first chunk, a streaming chunk
+        path = tmp_path / f"after_{stopped_after}.state.safetensors"
+        whole[stopped_after].state.save(path, {"request": "recorded as given"})
+        state, meta = StreamState.load(path)
+        assert meta == {"request": "recorded as given"}
+        rest = list(stream(models, request, resume=state))
+        assert [c.index for c in rest] == [c.index for c in whole[stopped_after + 1 :]]
+        assert np.array_equal(_frames(whole[: stopped_after + 1] + rest), _frames(whole))
+
+
+def test_extending_a_finished_video_equals_the_longer_run(tiny_pipe):
+    """44 frames end inside chunk 4 (16 + 8 * 4 = 48 made): the state keeps the 4 frames
+    made but not handed out, so extending to 60 gives the 60-frame run's frames exactly."""
+    models = tiny_pipe.chunk_models()
+    short = list(stream(models, tiny_pipe.request("a blue square", 44, seed=5, **FAST)))
+    assert len(short[-1].state.pending) == 4
+    longer_request = tiny_pipe.request("a blue square", 60, seed=5, **FAST)
+    extension = list(stream(models, longer_request, resume=short[-1].state))
+    longer = _frames(stream(models, longer_request))
+    assert np.array_equal(np.concatenate([_frames(short), _frames(extension)]), longer)
+
+
+def test_branching_from_chunk_k_keeps_the_frames_before_it(tiny_pipe):
+    """Chunk 2 on with another seed: frames before chunk 2 (0-23) are the original's; the
+    branch equals a run that made chunks 0-1 with the first seed, then switched."""
+    models = tiny_pipe.chunk_models()
+    original = _frames(stream(models, tiny_pipe.request("a green circle", 40, seed=1, **FAST)))
+    other_seed = tiny_pipe.request("a green circle", 40, seed=2, **FAST)
+    start = state_at(original, 2, models.stream)
+    assert start.made == 24 and start.next_index == 2
+    branch = _frames(stream(models, other_seed, resume=start))
+    video = np.concatenate([original[:24], branch])
+    assert len(video) == 40 and not np.array_equal(video, original)
+    # the same as resuming the original's own state after chunk 1 with the new seed
+    saved = list(stream(models, tiny_pipe.request("a green circle", 40, seed=1, **FAST)))[1]
+    assert np.array_equal(branch, _frames(stream(models, other_seed, resume=saved.state)))
+
+
+def test_bad_branch_points_are_refused(tiny_pipe):
+    stream_cfg = tiny_pipe.config.stream
+    video = np.zeros((40, 32, 32, 3), np.uint8)
+    with pytest.raises(UsageError, match="chunk 0"):
+        state_at(video, 0, stream_cfg)
+    with pytest.raises(UsageError, match="chunk 5 starts at frame 48"):
+        state_at(video, 5, stream_cfg)
