@@ -97,7 +97,7 @@ def matching(model, old, keys: tuple[str, ...], path: Path):
     return model.eval()
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pipeline", type=Path, required=True)
     parser.add_argument("--eval", type=Path, default=None)
@@ -121,6 +121,47 @@ def main() -> None:
     parser.add_argument(
         "--enhancer-strength", type=float, default=None, help="the enhancer's default strength"
     )
+    return parser
+
+
+def _ship_enhancer(args, pipe: StreamingT2VPipeline, folder: Path) -> None:
+    """``--enhancer`` in fp16 into ``folder``, sharing the pipeline's VAE and text encoder
+    (or with ``--enhancer-vae``), with its default guidance and strength set."""
+    enhancer = Enhancer.from_pretrained(args.enhancer, vae=pipe.vae, text_encoder=pipe.text_encoder)
+    defaults = enhancer.config.defaults
+    enhancer.config.defaults = defaults.merged(
+        guidance=args.enhancer_guidance, strength=args.enhancer_strength
+    )
+    if args.enhancer_vae:
+        vae = load_diffusers(AutoencoderKL, args.enhancer_vae)
+        enhancer.vae = matching(vae, pipe.vae, LATENT_SPACE, args.enhancer_vae)
+    own_vae = enhancer.vae is not pipe.vae  # given, or the enhancer folder's own
+    enhancer.to("cpu", torch.float16).save_pretrained(folder, own_vae=own_vae)
+
+
+def _write_records(args, tmp: Path) -> None:
+    """training.json: the config and summary of every run behind the shipped parts, with
+    their loss curves."""
+    stages = {}
+    runs = lineage(args.pipeline)
+    for part in (args.vae, args.unet, args.enhancer, args.enhancer_vae):
+        runs += lineage(part) if part else []
+    for run in dict.fromkeys(runs):
+        if (run / "training.json").is_file():  # an earlier ship: its records and curves
+            stages.update(json.loads((run / "training.json").read_text()))
+            for curve in run.glob("loss_*.png"):
+                shutil.copy(curve, tmp / curve.name)
+            continue
+        stages[run.name] = {
+            "summary": json.loads((run / "summary.json").read_text()),
+            "config": json.loads((run / "checkpoint" / "state.json").read_text())["config"],
+        }
+        loss_curve(run / "loss.csv", tmp / f"loss_{run.name}.png", run.name)
+    (tmp / "training.json").write_text(json.dumps(stages, indent=2))
+
+
+def main() -> None:
+    parser = _parser()
     args = parser.parse_args()
     if args.enhancer_vae and not args.enhancer:
         parser.error("--enhancer-vae needs --enhancer")
@@ -138,37 +179,11 @@ def main() -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.to("cpu", torch.float16).save_pretrained(tmp)
     if args.enhancer:
-        enhancer = Enhancer.from_pretrained(
-            args.enhancer, vae=pipe.vae, text_encoder=pipe.text_encoder
-        )
-        defaults = enhancer.config.defaults
-        enhancer.config.defaults = defaults.merged(
-            guidance=args.enhancer_guidance, strength=args.enhancer_strength
-        )
-        if args.enhancer_vae:
-            vae = load_diffusers(AutoencoderKL, args.enhancer_vae)
-            enhancer.vae = matching(vae, pipe.vae, LATENT_SPACE, args.enhancer_vae)
-        own_vae = enhancer.vae is not pipe.vae  # given, or the enhancer folder's own
-        enhancer.to("cpu", torch.float16).save_pretrained(tmp / "enhancer", own_vae=own_vae)
+        _ship_enhancer(args, pipe, tmp / "enhancer")
     card = args.out / "MODEL_CARD.md"
     if card.is_file():  # hand-written: kept across re-ships
         shutil.copy(card, tmp / card.name)
-    stages = {}
-    runs = lineage(args.pipeline)
-    for part in (args.vae, args.unet, args.enhancer, args.enhancer_vae):
-        runs += lineage(part) if part else []
-    for run in dict.fromkeys(runs):
-        if (run / "training.json").is_file():  # an earlier ship: its records and curves
-            stages.update(json.loads((run / "training.json").read_text()))
-            for curve in run.glob("loss_*.png"):
-                shutil.copy(curve, tmp / curve.name)
-            continue
-        stages[run.name] = {
-            "summary": json.loads((run / "summary.json").read_text()),
-            "config": json.loads((run / "checkpoint" / "state.json").read_text())["config"],
-        }
-        loss_curve(run / "loss.csv", tmp / f"loss_{run.name}.png", run.name)
-    (tmp / "training.json").write_text(json.dumps(stages, indent=2))
+    _write_records(args, tmp)
     if args.eval:
         shutil.copy(args.eval, tmp / "world_eval.json")
     shutil.rmtree(args.out, ignore_errors=True)
