@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -64,3 +66,60 @@ def test_bad_branch_points_are_refused(tiny_pipe):
         state_at(video, 0, stream_cfg)
     with pytest.raises(UsageError, match="chunk 5 starts at frame 48"):
         state_at(video, 5, stream_cfg)
+
+
+def _stop_after(monkeypatch, chunks: int) -> None:
+    """The next generate run is stopped (Ctrl-C) when chunk ``chunks`` is asked for."""
+    import streamingt2v.generate
+
+    real = streamingt2v.generate.stream
+
+    def stopping(*args, **kwargs):
+        for i, chunk in enumerate(real(*args, **kwargs)):
+            if i == chunks:
+                raise KeyboardInterrupt
+            yield chunk
+
+    monkeypatch.setattr(streamingt2v.generate, "stream", stopping)
+
+
+def test_generate_resume_continues_a_stopped_run_exactly(tiny_model_dir, tmp_path, monkeypatch):
+    """A run stopped after 2 chunks, resumed with --resume, then extended to 56 frames with
+    --resume --frames 56: PNG frames equal to one uninterrupted 56-frame run's."""
+    from streamingt2v.cli import main
+    from streamingt2v.video_io import read_video
+
+    common = ["generate", "a red circle moving right", "--model", str(tiny_model_dir),
+              "--steps", "2", "--scheduler", "ddim", "--seed", "4", "--quiet"]  # fmt: skip
+    whole = tmp_path / "whole"
+    assert main([*common, "--frames", "56", "--out", str(whole)]) == 0
+    out = tmp_path / "run"
+    _stop_after(monkeypatch, 2)
+    assert main([*common, "--frames", "40", "--out", str(out)]) == 130
+    assert len(read_video(out)) == 24 and (tmp_path / "run.state.safetensors").is_file()
+    monkeypatch.undo()
+    assert main([*common, "--frames", "40", "--out", str(out), "--resume"]) == 0
+    assert np.array_equal(read_video(out), read_video(whole)[:40])
+    manifest = json.loads((tmp_path / "run.json").read_text())
+    assert manifest["resumed_from_frame"] == 24 and manifest["frames"] == 40
+    assert main([*common, "--frames", "56", "--out", str(out), "--resume"]) == 0
+    assert np.array_equal(read_video(out), read_video(whole))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "run", "run.json", "run.state.safetensors", "whole", "whole.json",
+        "whole.state.safetensors",
+    ]  # fmt: skip
+
+
+def test_resume_with_other_settings_is_refused_naming_them(tiny_model_dir, tmp_path, capsys):
+    from streamingt2v.cli import main
+
+    common = ["generate", "a red circle", "--model", str(tiny_model_dir), "--steps", "2",
+              "--frames", "24", "--quiet", "--out", str(tmp_path / "v")]  # fmt: skip
+    assert main([*common, "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    assert main(common) == 0
+    before = sorted(p.read_bytes() for p in (tmp_path / "v").iterdir())
+    assert main([*common, "--resume", "--seed", "2", "--guidance", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "sample.guidance: 7.5 -> 3.0" in err and "seed: 0 -> 2" in err
+    assert sorted(p.read_bytes() for p in (tmp_path / "v").iterdir()) == before

@@ -7,6 +7,7 @@ complete, and a stopped run keeps a playable video of the chunks made so far.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import replace
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .config import config_to_dict
+from .config import UsageError, config_to_dict
 from .outputs import (
     GenerateResult,
     Stopped,
@@ -25,7 +26,9 @@ from .outputs import (
     claimed_output,
     file_hashes,
     manifest_path,
+    state_path,
     write_video,
+    writing,
 )
 from .pipeline import StreamingT2VPipeline, read_pipeline_config
 from .plan import Plan, make_plan
@@ -38,7 +41,8 @@ from .runtime import (
     resolve_device,
     resolve_model_dir,
 )
-from .streaming import stream
+from .streaming import Request, StreamState, stream
+from .video_io import partial_path, read_video, remove_path
 
 __all__ = [
     "DEFAULT_MODEL_DIR",
@@ -58,8 +62,9 @@ def generate(config: GenerateConfig) -> GenerateResult:
     palette frames until the end). Raises UsageError for bad input before any work is done,
     and OutputError when the output cannot be written.
     """
-    check_output(config.out, config.overwrite)
-    with claimed_output(config.out, config.overwrite):
+    replacing = config.overwrite or config.resume  # a resumed run replaces its own video
+    check_output(config.out, replacing)
+    with claimed_output(config.out, replacing):
         model_dir, device, dtype, pipe, enhancer, request = _load_run(config)
         fps = config.fps or pipe.config.fps
         manifest = _manifest_head(config, request, pipe, model_dir, fps, device, dtype)
@@ -67,9 +72,20 @@ def generate(config: GenerateConfig) -> GenerateResult:
         if config.progress:
             for warning in manifest["warnings"]:
                 print(f"streamingt2v: warning: {warning}", file=sys.stderr)
+        record = {"request": request_record(request, pipe), "model": manifest["model"]["files"]}
+        resume, earlier = None, np.zeros((0,), np.uint8)
+        if config.resume:
+            resume, earlier = _resume_point(config, enhancer, record)
+            manifest["resumed_from_frame"] = resume.made
+        # Without an enhancer, the state after every chunk goes to a temporary file that
+        # replaces OUT.state.safetensors once the video is in place (the enhancer reads ahead
+        # of what is written, so an enhanced run keeps no state).
+        state, state_tmp = state_path(config.out), partial_path(state_path(config.out))
 
         def frames() -> Iterator[np.ndarray]:
-            for chunk in stream(pipe.chunk_models(), request, progress=config.progress):
+            yield from earlier
+            chunks = stream(pipe.chunk_models(), request, config.progress, resume=resume)
+            for chunk in chunks:
                 manifest["chunks"].append(
                     dict(
                         index=chunk.index,
@@ -80,6 +96,9 @@ def generate(config: GenerateConfig) -> GenerateResult:
                     )
                 )
                 yield from chunk.frames
+                if enhancer is None:  # its frames are written: the state matches the video
+                    with writing(state):
+                        chunk.state.save(state_tmp, record)
 
         output = frames()
         if enhancer is not None:
@@ -94,7 +113,70 @@ def generate(config: GenerateConfig) -> GenerateResult:
                 request.sample.negative_prompt,
                 progress=config.progress,
             )
-        return write_video(output, config.out, fps, manifest, config.overwrite)
+        try:
+            result = write_video(output, config.out, fps, manifest, replacing)
+            with writing(state):
+                if state_tmp.exists():
+                    os.replace(state_tmp, state)
+                elif state.exists():  # an enhanced video replaced one that had a state
+                    state.unlink()
+        finally:
+            remove_path(state_tmp)
+        return result
+
+
+def request_record(request: Request, pipe: StreamingT2VPipeline) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues (all but the length)."""
+    return {
+        "prompt": request.prompt,
+        "seed": request.seed,
+        "size": list(request.size),
+        "method": request.method,
+        "sample": config_to_dict(request.sample),
+        "stream": config_to_dict(pipe.config.stream),
+    }
+
+
+def _resume_point(config: GenerateConfig, enhancer, record: dict) -> tuple[StreamState, Any]:
+    """The saved state beside ``config.out`` and the video's frames before it; a UsageError
+    naming what differs when the run cannot continue it exactly."""
+    if enhancer is not None:
+        raise UsageError(
+            "--resume continues runs without an enhancer; resume with --no-enhance, then "
+            "enhance the finished video (streamingt2v enhance)"
+        )
+    path = state_path(config.out)
+    if not path.is_file() or not config.out.exists():
+        raise UsageError(f"nothing to resume: no {config.out} with its state {path.name}")
+    state, saved = StreamState.load(path)
+    differ = _differences(saved.get("request", {}), record["request"])
+    if differ:
+        raise UsageError(f"--resume: {config.out} was made with other settings: {differ}")
+    files = sorted(
+        name
+        for name in set(saved.get("model", {})) | set(record["model"])
+        if saved.get("model", {}).get(name) != record["model"].get(name)
+    )
+    if files:
+        raise UsageError(f"--resume: the model's files differ from the run's: {files}")
+    video = read_video(config.out)
+    if len(video) < state.made:
+        raise UsageError(
+            f"--resume: {config.out} has {len(video)} frames, its state needs {state.made}"
+        )
+    return state, video[: state.made]
+
+
+def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
+    """``key: saved -> now`` for every setting that differs (nested dicts by dotted key)."""
+    out = []
+    for key in sorted(set(saved) | set(now)):
+        a, b = saved.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
 
 
 def plan_run(config: GenerateConfig) -> Plan:

@@ -54,6 +54,11 @@ def manifest_path(out: Path) -> Path:
     return out.with_name(out.name + ".json")
 
 
+def state_path(out: Path) -> Path:
+    """Where the stream's state after the video's last chunk is kept (``generate --resume``)."""
+    return out.with_name(out.name + ".state.safetensors")
+
+
 def check_output(out: Path, overwrite: bool) -> None:
     """Fail early, before any work, if ``out`` cannot or may not be written."""
     output_kind(out)
@@ -78,7 +83,7 @@ def claimed_output(out: Path, overwrite: bool) -> Iterator[None]:
     finished meanwhile), and cleared of what runs killed outright left beside it."""
     with OutputLock(out):
         check_output(out, overwrite)
-        for target in (out, manifest_path(out)):
+        for target in (out, manifest_path(out), state_path(out)):
             remove_stale_partials(target)
         yield
 
@@ -107,13 +112,13 @@ def write_video(
     (``"interrupted": true``); any other error, or a stop before the first frame, leaves
     nothing behind and replaces nothing. A failed write raises OutputError naming the path
     and the cause."""
-    with _writing(out):
+    with writing(out):
         writer = VideoWriter(out, fps)
     started = time.perf_counter()
     stopped_by = None
     try:
         for frame in frames:
-            with _writing(out):
+            with writing(out):
                 writer.write(frame[None])
     except KeyboardInterrupt as stop:
         stopped_by = str(stop) if isinstance(stop, Stopped) else "SIGINT"
@@ -133,13 +138,13 @@ def write_video(
     path = manifest_path(out)
     manifest_tmp = partial_path(path)
     try:
-        with _writing(out):
+        with writing(out):
             writer.close()
-        with _writing(path):
+        with writing(path):
             manifest_tmp.write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n")
-        with _writing(out):
+        with writing(out):
             video = writer.finish(overwrite)
-        with _writing(path):
+        with writing(path):
             os.replace(manifest_tmp, path)
     except BaseException:
         writer.abort()
@@ -150,7 +155,7 @@ def write_video(
     )
 
 
-class _writing:
+class writing:
     """Turns an OSError while writing ``path`` into an OutputError naming the path and the
     cause (``No space left on device``, ``Permission denied``, ...)."""
 

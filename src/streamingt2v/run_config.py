@@ -154,6 +154,13 @@ class GenerateConfig(RunOptions):
         flag="--no-enhance",
         action="store_false",
     )
+    resume: bool = option(
+        False,
+        "continue the stopped run that wrote --out (same settings and model; its saved state "
+        "OUT.state.safetensors), or extend a finished one to --frames: the frames are those "
+        "of one uninterrupted run",
+        action="store_true",
+    )
     extra: dict[str, Any] = option({}, cli=False)  # recorded in the manifest as is
 
     def __post_init__(self) -> None:

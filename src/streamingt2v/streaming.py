@@ -30,6 +30,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from .freenoise import rescheduled_noise
 from .layout import fhwc_from_cfhw
 from .methods import FREENOISE_STRIDE, METHODS
 from .sampling import ChunkSampler
+from .video_io import partial_path, remove_path
 
 
 @dataclass
@@ -95,6 +97,7 @@ class StreamState:
         """One safetensors file (replaced in one rename): the frames as tensors, the indices
         and ``meta`` (settings, model hashes: JSON) in its metadata."""
         import torch
+        from safetensors import SafetensorError
         from safetensors.torch import save_file
 
         tensors = {"cond_frames": self.cond_frames, "anchor": self.anchor}
@@ -102,13 +105,22 @@ class StreamState:
             tensors["pending"] = self.pending
         info = {"next_index": self.next_index, "made": self.made, "meta": meta or {}}
         path = Path(path)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        save_file(
-            {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in tensors.items()},
-            tmp,
-            metadata={"streamingt2v_state": json.dumps(info)},
-        )
-        os.replace(tmp, path)
+        tmp = partial_path(path)
+        try:
+            save_file(
+                {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in tensors.items()},
+                tmp,
+                metadata={"streamingt2v_state": json.dumps(info)},
+            )
+            os.replace(tmp, path)
+        except SafetensorError as err:  # its I/O errors (a full disk) as the OSError they are
+            code = re.search(r"os error (\d+)", str(err))
+            if code is None:
+                raise
+            number = int(code.group(1))
+            raise OSError(number, os.strerror(number), str(path)) from err
+        finally:
+            remove_path(tmp)
 
     @classmethod
     def load(cls, path: Path) -> tuple[StreamState, dict[str, Any]]:

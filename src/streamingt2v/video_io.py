@@ -48,7 +48,7 @@ def remove_stale_partials(path: Path) -> None:
     """Remove the partial files (``partial_path``'s names, and a PNG folder's ``.old``) that
     runs killed outright (SIGKILL, power loss) left beside ``path``. Only safe while holding
     ``path``'s ``OutputLock``: then no live run owns them."""
-    pattern = re.compile(re.escape(path.name) + r"\.\d+-[0-9a-f]{8}\.partial(\.old)?")
+    pattern = re.compile(re.escape(path.name) + r"(\.\d+-[0-9a-f]{8}\.partial)+(\.old)?")
     for found in path.parent.iterdir():
         if pattern.fullmatch(found.name):
             remove_path(found)
