@@ -18,6 +18,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,14 +139,7 @@ def train(
         for step in range(start, cfg.steps)
         for micro in range(cfg.grad_accum)
     ]
-    batches = iter(
-        DataLoader(
-            StepBatches(stage.data, cfg.batch_size, indices),
-            batch_size=None,
-            num_workers=cfg.workers,
-            prefetch_factor=4 if cfg.workers else None,
-        )
-    )
+    batches = _batches(stage, cfg, indices)
     started = time.perf_counter()
     bar = tqdm(
         range(start, cfg.steps),
@@ -191,6 +185,17 @@ def train(
         summary |= stage.export(out / "final") or {}
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _batches(stage, cfg: TrainConfig, indices: list[int]) -> Iterator[dict]:
+    """The batches of ``indices`` in order, rendered ahead by ``cfg.workers`` processes."""
+    loader = DataLoader(
+        StepBatches(stage.data, cfg.batch_size, indices),
+        batch_size=None,
+        num_workers=cfg.workers,
+        prefetch_factor=4 if cfg.workers else None,
+    )
+    return iter(loader)
 
 
 def _read_log(path: Path) -> list[list[str]]:
