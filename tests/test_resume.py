@@ -123,3 +123,25 @@ def test_resume_with_other_settings_is_refused_naming_them(tiny_model_dir, tmp_p
     err = capsys.readouterr().err
     assert "sample.guidance: 7.5 -> 3.0" in err and "seed: 0 -> 2" in err
     assert sorted(p.read_bytes() for p in (tmp_path / "v").iterdir()) == before
+
+
+def test_generate_branch_keeps_the_frames_before_the_chunk(tiny_model_dir, tmp_path):
+    from streamingt2v import StreamingT2VPipeline
+    from streamingt2v.cli import main
+    from streamingt2v.video_io import read_video
+
+    common = ["generate", "a red circle moving right", "--model", str(tiny_model_dir),
+              "--steps", "2", "--scheduler", "ddim", "--frames", "40", "--quiet"]  # fmt: skip
+    assert main([*common, "--seed", "1", "--out", str(tmp_path / "a")]) == 0
+    args = [*common, "--seed", "2", "--branch", str(tmp_path / "a"), "--branch-chunk", "2"]
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    original, branched = read_video(tmp_path / "a"), read_video(tmp_path / "b")
+    assert np.array_equal(branched[:24], original[:24])
+    pipe = StreamingT2VPipeline.from_pretrained(tiny_model_dir)
+    start = state_at(original, 2, pipe.config.stream)
+    request = pipe.request("a red circle moving right", 40, seed=2, **FAST)
+    assert np.array_equal(
+        branched[24:], _frames(stream(pipe.chunk_models(), request, resume=start))
+    )
+    assert main([*args, "--out", str(tmp_path / "c"), "--frames", "20"]) == 2
+    assert main([*common, "--branch-chunk", "2", "--out", str(tmp_path / "d")]) == 2

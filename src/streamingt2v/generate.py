@@ -41,7 +41,7 @@ from .runtime import (
     resolve_device,
     resolve_model_dir,
 )
-from .streaming import Request, StreamState, stream
+from .streaming import Request, StreamState, state_at, stream
 from .video_io import partial_path, read_video, remove_path
 
 __all__ = [
@@ -77,6 +77,20 @@ def generate(config: GenerateConfig) -> GenerateResult:
         if config.resume:
             resume, earlier = _resume_point(config, enhancer, record)
             manifest["resumed_from_frame"] = resume.made
+        elif config.branch is not None:
+            video = read_video(config.branch)
+            resume = state_at(video, config.branch_chunk, pipe.config.stream)
+            earlier = video[: resume.made]
+            manifest["branched_from"] = {
+                "video": str(config.branch),
+                "chunk": config.branch_chunk,
+                "frame": resume.made,
+            }
+        if resume is not None and resume.made > request.num_frames:
+            raise UsageError(
+                f"--frames {request.num_frames} ends before frame {resume.made}, where this "
+                "run would start: ask for more frames"
+            )
         # Without an enhancer, the state after every chunk goes to a temporary file that
         # replaces OUT.state.safetensors once the video is in place (the enhancer reads ahead
         # of what is written, so an enhanced run keeps no state).

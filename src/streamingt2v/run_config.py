@@ -161,6 +161,15 @@ class GenerateConfig(RunOptions):
         "of one uninterrupted run",
         action="store_true",
     )
+    branch: Path | None = option(
+        None,
+        "a video this model made (a PNG folder keeps its frames exact): keep its frames "
+        "before --branch-chunk and make the rest with these settings (another --seed or "
+        "prompt); every chunk from there on changes, as each follows the one before",
+    )
+    branch_chunk: int | None = option(
+        None, "the first chunk --branch re-makes (1 or more; chunk k starts at frame 16 + 8(k-1))"
+    )
     extra: dict[str, Any] = option({}, cli=False)  # recorded in the manifest as is
 
     def __post_init__(self) -> None:
@@ -179,6 +188,17 @@ class GenerateConfig(RunOptions):
         # valid placeholders until the model's defaults are known).
         dataclasses.replace(SampleConfig(), **self.sample_overrides())
         check_fps(self.fps)
+        if (self.branch is None) != (self.branch_chunk is None):
+            raise UsageError("--branch and --branch-chunk go together")
+        if self.branch is not None:
+            self.branch = Path(self.branch)
+            if self.resume:
+                raise UsageError("--branch makes a new video: it cannot --resume one")
+            if not self.branch.exists():
+                raise UsageError(f"--branch video not found: {self.branch}")
+            chunk = self.branch_chunk
+            if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+                raise UsageError(f"--branch-chunk must be an integer >= 1, got {chunk!r}")
 
     def sample_overrides(self) -> dict[str, Any]:
         """The sampling settings given (not None), by ``SampleConfig`` field."""
