@@ -145,3 +145,38 @@ def test_generate_branch_keeps_the_frames_before_the_chunk(tiny_model_dir, tmp_p
     )
     assert main([*args, "--out", str(tmp_path / "c"), "--frames", "20"]) == 2
     assert main([*common, "--branch-chunk", "2", "--out", str(tmp_path / "d")]) == 2
+
+
+def test_generate_extend_continues_our_video_exactly_and_any_other_from_its_frames(
+    tiny_model_dir, tmp_path
+):
+    from streamingt2v import StreamingT2VPipeline
+    from streamingt2v.cli import main
+    from streamingt2v.video_io import VideoWriter, read_video
+
+    common = ["generate", "a red circle moving right", "--model", str(tiny_model_dir),
+              "--steps", "2", "--scheduler", "ddim", "--seed", "4", "--quiet"]  # fmt: skip
+    assert main([*common, "--frames", "56", "--out", str(tmp_path / "whole")]) == 0
+    assert main([*common, "--frames", "40", "--out", str(tmp_path / "ours")]) == 0
+    extend = ["--extend", str(tmp_path / "ours"), "--frames", "56"]
+    assert main([*common, *extend, "--out", str(tmp_path / "longer")]) == 0
+    assert np.array_equal(read_video(tmp_path / "longer"), read_video(tmp_path / "whole"))
+    assert len(read_video(tmp_path / "ours")) == 40  # the video extended is not changed
+
+    # another video, off the chunk grid (20 frames): from its last 8 frames and frame 0
+    pipe = StreamingT2VPipeline.from_pretrained(tiny_model_dir)
+    height, width = pipe.frame_size
+    foreign = np.random.default_rng(0).integers(0, 256, (20, height, width, 3), np.uint8)
+    writer = VideoWriter(tmp_path / "foreign", 8)
+    writer.write(foreign)
+    writer.finish()
+    extend = ["--extend", str(tmp_path / "foreign"), "--frames", "36"]
+    assert main([*common, *extend, "--out", str(tmp_path / "more")]) == 0
+    more = read_video(tmp_path / "more")
+    request = pipe.request("a red circle moving right", 36, seed=4, **FAST)
+    start = StreamState.from_video(foreign, pipe.config.stream)
+    new = _frames(stream(pipe.chunk_models(), request, resume=start))
+    assert len(more) == 36 and np.array_equal(more[:20], foreign)
+    assert np.array_equal(more[20:], new)
+    manifest = json.loads((tmp_path / "more.json").read_text())
+    assert manifest["extended_from"]["from_saved_state"] is False

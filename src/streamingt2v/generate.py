@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -85,6 +86,13 @@ def generate(config: GenerateConfig) -> GenerateResult:
                 "video": str(config.branch),
                 "chunk": config.branch_chunk,
                 "frame": resume.made,
+            }
+        elif config.extend is not None:
+            resume, earlier, exact = _extend_point(config.extend, pipe.config.stream)
+            manifest["extended_from"] = {
+                "video": str(config.extend),
+                "frames": resume.made,
+                "from_saved_state": exact,
             }
         if resume is not None and resume.made > request.num_frames:
             raise UsageError(
@@ -179,6 +187,18 @@ def _resume_point(config: GenerateConfig, enhancer, record: dict) -> tuple[Strea
             f"--resume: {config.out} has {len(video)} frames, its state needs {state.made}"
         )
     return state, video[: state.made]
+
+
+def _extend_point(video_path: Path, stream_cfg) -> tuple[StreamState, Any, bool]:
+    """Where ``--extend`` starts: the video's saved state when it has one that ends where
+    the video does (exact), else its last frames and first frame; and the video's frames."""
+    video = read_video(video_path)
+    saved = state_path(video_path)
+    if saved.is_file():
+        state, _ = StreamState.load(saved)
+        if state.made == len(video):
+            return state, video, True
+    return StreamState.from_video(video, stream_cfg), video, False
 
 
 def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:

@@ -170,6 +170,13 @@ class GenerateConfig(RunOptions):
     branch_chunk: int | None = option(
         None, "the first chunk --branch re-makes (1 or more; chunk k starts at frame 16 + 8(k-1))"
     )
+    extend: Path | None = option(
+        None,
+        "continue this video to --frames in all, written to --out (the video is not "
+        "changed): one this model made, with its saved state (VIDEO.state.safetensors), "
+        "continues exactly as a longer run would; any other from its last 8 frames and its "
+        "first frame (its compressed pixels, read back)",
+    )
     extra: dict[str, Any] = option({}, cli=False)  # recorded in the manifest as is
 
     def __post_init__(self) -> None:
@@ -188,12 +195,17 @@ class GenerateConfig(RunOptions):
         # valid placeholders until the model's defaults are known).
         dataclasses.replace(SampleConfig(), **self.sample_overrides())
         check_fps(self.fps)
+        starts = [name for name in ("resume", "branch", "extend") if getattr(self, name)]
+        if len(starts) > 1:
+            raise UsageError(f"choose one of --{' or --'.join(starts)}")
+        if self.extend is not None:
+            self.extend = Path(self.extend)
+            if not self.extend.exists():
+                raise UsageError(f"--extend video not found: {self.extend}")
         if (self.branch is None) != (self.branch_chunk is None):
             raise UsageError("--branch and --branch-chunk go together")
         if self.branch is not None:
             self.branch = Path(self.branch)
-            if self.resume:
-                raise UsageError("--branch makes a new video: it cannot --resume one")
             if not self.branch.exists():
                 raise UsageError(f"--branch video not found: {self.branch}")
             chunk = self.branch_chunk

@@ -78,14 +78,31 @@ class StreamState:
     # ends inside a chunk); an extension hands them out first.
     pending: np.ndarray
 
-    def check(self, stream: StreamConfig) -> None:
-        """A UsageError unless the state fits chunks of ``stream``."""
-        made_by = frames_made(self.next_index, stream)
-        if self.next_index < 1 or self.made + len(self.pending) != made_by:
+    @classmethod
+    def from_video(cls, video: np.ndarray, stream: StreamConfig) -> StreamState:
+        """The state after ``video`` ((N, H, W, 3) uint8, any video of the model's size):
+        its last F_cond frames and its frame 0, the chunks numbered on as a run of N frames
+        would be. For a video without its saved state (another model's, or one whose
+        compressed pixels are all that is left)."""
+        if len(video) < stream.cond_frames:
             raise UsageError(
-                f"state after chunk {self.next_index - 1} holds {self.made} + "
-                f"{len(self.pending)} frames; chunks of {stream.chunk_frames} with "
-                f"{stream.cond_frames} conditioning frames make {made_by}"
+                f"the video has {len(video)} frames; continuing it needs at least "
+                f"{stream.cond_frames}"
+            )
+        empty = np.zeros((0, *video.shape[1:]), np.uint8)
+        cond = np.ascontiguousarray(video[-stream.cond_frames :])
+        return cls(chunk_count(len(video), stream), len(video), cond, video[0].copy(), empty)
+
+    def check(self, stream: StreamConfig) -> None:
+        """A UsageError unless the state fits chunks of ``stream``: the frames it holds end
+        within chunk ``next_index - 1`` (at its end for a video's own state)."""
+        held = self.made + len(self.pending)
+        low, high = frames_made(self.next_index - 1, stream), frames_made(self.next_index, stream)
+        if self.next_index < 1 or not low < held <= high:
+            raise UsageError(
+                f"state after chunk {self.next_index - 1} holds {held} frames; chunks of "
+                f"{stream.chunk_frames} with {stream.cond_frames} conditioning frames end that "
+                f"chunk at frame {high}"
             )
         if len(self.cond_frames) != stream.cond_frames:
             raise UsageError(
@@ -304,6 +321,10 @@ def stream(
     if resume is not None:
         resume.check(stream_cfg)
         made, first, anchor = resume.made, resume.next_index, resume.anchor
+        # The chunks still needed after the frames the state holds (a video's own state
+        # ends on the chunk grid: then this is chunk_count's total).
+        missing = max(0, request.num_frames - made - len(resume.pending))
+        total = first + math.ceil(missing / stream_cfg.new_frames)
         if len(resume.pending) and made < request.num_frames:
             yield _pending(resume, request, stream_cfg)
             made = min(request.num_frames, made + len(resume.pending))
