@@ -180,3 +180,24 @@ def test_generate_extend_continues_our_video_exactly_and_any_other_from_its_fram
     assert np.array_equal(more[20:], new)
     manifest = json.loads((tmp_path / "more.json").read_text())
     assert manifest["extended_from"]["from_saved_state"] is False
+
+
+def test_extend_command_takes_the_videos_own_settings(tiny_model_dir, tmp_path, capsys):
+    """``streamingt2v extend VIDEO --frames N --out OUT``: the settings, prompt and model
+    come from VIDEO's manifest; the longer video equals one run of N frames."""
+    from streamingt2v.cli import main
+    from streamingt2v.video_io import VideoWriter, read_video
+
+    common = ["generate", "a red circle moving right", "--model", str(tiny_model_dir),
+              "--steps", "2", "--scheduler", "ddim", "--seed", "4", "--quiet"]  # fmt: skip
+    assert main([*common, "--frames", "56", "--out", str(tmp_path / "whole")]) == 0
+    assert main([*common, "--frames", "40", "--out", str(tmp_path / "ours")]) == 0
+    ours = str(tmp_path / "ours")
+    assert main(["extend", ours, "--frames", "56", "--out", str(tmp_path / "x"), "--quiet"]) == 0
+    assert np.array_equal(read_video(tmp_path / "x"), read_video(tmp_path / "whole"))
+    writer = VideoWriter(tmp_path / "foreign", 8)
+    writer.write(read_video(tmp_path / "whole")[:20])
+    writer.finish()
+    args = ["extend", str(tmp_path / "foreign"), "--frames", "36", "--out", str(tmp_path / "y")]
+    assert main([*args, "--model", str(tiny_model_dir), "--quiet"]) == 2
+    assert "give --prompt" in capsys.readouterr().err

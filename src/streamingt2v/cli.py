@@ -17,7 +17,13 @@ from pathlib import Path
 from . import __version__
 from .config import OutputError, UsageError
 from .options import add_options, from_args, parse_int
-from .run_config import DEFAULT_MODEL_DIR, EnhanceFileConfig, GenerateConfig
+from .run_config import (
+    DEFAULT_MODEL_DIR,
+    RUN_FIELDS,
+    SAMPLE_FIELDS,
+    EnhanceFileConfig,
+    GenerateConfig,
+)
 
 EXIT_USAGE = 2
 EXIT_OUTPUT = 3
@@ -74,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"streamingt2v {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    for add in (_add_generate, _add_enhance, _add_eval, _add_train, _add_convert):
+    for add in (_add_generate, _add_extend, _add_enhance, _add_eval, _add_train, _add_convert):
         add(sub)
     return parser
 
@@ -117,6 +123,40 @@ def _add_enhance(sub) -> None:
         else "required: the embedded default has no enhancer"
     )
     add_options(enh, EnhanceFileConfig, enhancer_default=enhancer_default)
+
+
+def _add_extend(sub) -> None:
+    ext = sub.add_parser(
+        "extend",
+        help="continue a video: exactly, for one this model made",
+        description=(
+            "Continue VIDEO to --frames in all, into --out (VIDEO is not changed). A video "
+            "this model made continues exactly as one longer run would (from its saved state, "
+            "with the settings of its manifest, VIDEO.json, unless given here); any other "
+            "video continues from its last 8 frames and its first frame (--prompt needed). "
+            "A new --prompt steers the new chunks while the CAM carries the motion on."
+        ),
+    )
+    ext.add_argument("video", type=Path, help="the video to continue (.mp4, .gif, PNG folder)")
+    ext.add_argument(
+        "--frames", type=parse_int, required=True, help="frames in all, VIDEO's included"
+    )
+    ext.add_argument("--out", type=Path, required=True, help="the longer video (a new path)")
+    ext.add_argument("--prompt", default=None, help="the new chunks' prompt (default: VIDEO's)")
+    ext.add_argument("--seed", type=parse_int, default=None, help="default: VIDEO's")
+    ext.add_argument("--model", type=Path, default=None, help="default: VIDEO's model")
+    add_options(ext, GenerateConfig, only=(*SAMPLE_FIELDS, *RUN_FIELDS), **_model_defaults())
+
+
+def _extend(args: argparse.Namespace) -> int:
+    from .generate import generate
+
+    given = {name: getattr(args, name) for name in (*SAMPLE_FIELDS, *RUN_FIELDS)}
+    config = GenerateConfig.extending(
+        args.video, args.frames, args.out, prompt=args.prompt, seed=args.seed, model=args.model,
+        enhance=False, **given,
+    )  # fmt: skip
+    return _report(generate(config))
 
 
 def _add_eval(sub) -> None:
@@ -329,8 +369,9 @@ def main(argv: list[str] | None = None) -> int:
             "eval": _eval,
             "train": _train,
             "convert-official": _convert_official,
+            "extend": _extend,
         }
-        if args.command in ("generate", "enhance"):
+        if args.command in ("generate", "extend", "enhance"):
             previous_sigterm = _stop_on_sigterm()
         return commands[args.command](args)
     except UsageError as err:

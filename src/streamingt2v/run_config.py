@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from .methods import METHODS
 from .options import option
 
 DTYPE_NAMES = ("float32", "float16", "bfloat16")
+# RunOptions' fields (the options every command that runs a model takes).
+RUN_FIELDS = ("device", "dtype", "offload", "overwrite", "progress")
 # The embedded default model shipped in the package (used where no --model is given).
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 
@@ -215,6 +218,32 @@ class GenerateConfig(RunOptions):
     def sample_overrides(self) -> dict[str, Any]:
         """The sampling settings given (not None), by ``SampleConfig`` field."""
         return sample_overrides(self)
+
+    @classmethod
+    def extending(cls, video: Path, num_frames: int, out: Path, **given: Any) -> GenerateConfig:
+        """The run that continues ``video`` to ``num_frames`` (``streamingt2v extend``): each
+        setting not given (None) is the one VIDEO was made with, from its manifest
+        (VIDEO.json), where it has one; a video without one needs ``prompt``."""
+        video = Path(video)
+        manifest_file = video.with_name(video.name + ".json")
+        made = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
+        sample = made.get("sample", {})
+        size = made.get("size") or [None, None]
+        recorded = {
+            "prompt": made.get("prompt"),
+            "seed": made.get("seed"),
+            "model": made.get("model", {}).get("path"),
+            "method": made.get("method"),
+            "fps": made.get("fps"),
+            "height": size[0],
+            "width": size[1],
+            **{name: sample.get(name) for name in SAMPLE_FIELDS},
+        }
+        values = {k: v for k, v in recorded.items() if v is not None}
+        values |= {k: v for k, v in given.items() if v is not None}
+        if "prompt" not in values:
+            raise UsageError(f"{video} has no manifest ({manifest_file.name}): give --prompt")
+        return cls(num_frames=num_frames, out=out, extend=video, **values)
 
     def request_settings(self) -> dict[str, Any]:
         """The keyword arguments of ``pipe.request`` for this run."""
