@@ -60,8 +60,9 @@ def generate(config: GenerateConfig) -> GenerateResult:
     """Generate ``config.num_frames`` frames into ``config.out`` chunk by chunk.
 
     Memory does not grow with the video's length (mp4 and PNG outputs; a gif keeps its
-    palette frames until the end). Raises UsageError for bad input before any work is done,
-    and OutputError when the output cannot be written.
+    palette frames until the end; a run that starts from an existing video, ``--resume``,
+    ``--branch``, ``--extend``, reads that video into memory first). Raises UsageError for
+    bad input before any work is done, and OutputError when the output cannot be written.
     """
     replacing = config.overwrite or config.resume  # a resumed run replaces its own video
     check_output(config.out, replacing)
@@ -74,26 +75,7 @@ def generate(config: GenerateConfig) -> GenerateResult:
             for warning in manifest["warnings"]:
                 print(f"streamingt2v: warning: {warning}", file=sys.stderr)
         record = {"request": request_record(request, pipe), "model": manifest["model"]["files"]}
-        resume, earlier = None, np.zeros((0,), np.uint8)
-        if config.resume:
-            resume, earlier = _resume_point(config, enhancer, record)
-            manifest["resumed_from_frame"] = resume.made
-        elif config.branch is not None:
-            video = read_video(config.branch)
-            resume = state_at(video, config.branch_chunk, pipe.config.stream)
-            earlier = video[: resume.made]
-            manifest["branched_from"] = {
-                "video": str(config.branch),
-                "chunk": config.branch_chunk,
-                "frame": resume.made,
-            }
-        elif config.extend is not None:
-            resume, earlier, exact = _extend_point(config.extend, pipe.config.stream)
-            manifest["extended_from"] = {
-                "video": str(config.extend),
-                "frames": resume.made,
-                "from_saved_state": exact,
-            }
+        resume, earlier = _start_point(config, pipe, enhancer, record, manifest)
         if resume is not None and resume.made > request.num_frames:
             raise UsageError(
                 f"--frames {request.num_frames} ends before frame {resume.made}, where this "
@@ -157,6 +139,35 @@ def request_record(request: Request, pipe: StreamingT2VPipeline) -> dict[str, An
         "sample": config_to_dict(request.sample),
         "stream": config_to_dict(pipe.config.stream),
     }
+
+
+def _start_point(
+    config: GenerateConfig, pipe, enhancer, record: dict, manifest: dict
+) -> tuple[StreamState | None, Any]:
+    """Where the run starts (``--resume``, ``--branch``, ``--extend``; None: chunk 0) and
+    the frames before it, recorded in the manifest."""
+    if config.resume:
+        resume, earlier = _resume_point(config, enhancer, record)
+        manifest["resumed_from_frame"] = resume.made
+    elif config.branch is not None:
+        video = read_video(config.branch)
+        resume = state_at(video, config.branch_chunk, pipe.config.stream)
+        earlier = video[: resume.made]
+        manifest["branched_from"] = {
+            "video": str(config.branch),
+            "chunk": config.branch_chunk,
+            "frame": resume.made,
+        }
+    elif config.extend is not None:
+        resume, earlier, exact = _extend_point(config.extend, pipe.config.stream)
+        manifest["extended_from"] = {
+            "video": str(config.extend),
+            "frames": resume.made,
+            "from_saved_state": exact,
+        }
+    else:
+        return None, ()
+    return resume, earlier
 
 
 def _resume_point(config: GenerateConfig, enhancer, record: dict) -> tuple[StreamState, Any]:

@@ -196,7 +196,7 @@ class GenerateConfig(RunOptions):
         check_request(self.prompt, self.num_frames, self.seed, size, self.method)
         # Each sampling setting given is checked as SampleConfig checks it (the others keep
         # valid placeholders until the model's defaults are known).
-        dataclasses.replace(SampleConfig(), **self.sample_overrides())
+        dataclasses.replace(SampleConfig(), **sample_overrides(self))
         check_fps(self.fps)
         starts = [name for name in ("resume", "branch", "extend") if getattr(self, name)]
         if len(starts) > 1:
@@ -214,10 +214,6 @@ class GenerateConfig(RunOptions):
             chunk = self.branch_chunk
             if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
                 raise UsageError(f"--branch-chunk must be an integer >= 1, got {chunk!r}")
-
-    def sample_overrides(self) -> dict[str, Any]:
-        """The sampling settings given (not None), by ``SampleConfig`` field."""
-        return sample_overrides(self)
 
     @classmethod
     def extending(cls, video: Path, num_frames: int, out: Path, **given: Any) -> GenerateConfig:

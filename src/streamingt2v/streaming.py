@@ -21,7 +21,7 @@ another seed or prompt.
 
 The loop sees the models only through ``ChunkModels`` (``pipe.chunk_models()``): encoding
 the prompt and the anchor, the latent shape, decoding, and the factory of chunk samplers
-(``methods.chunk_sampler``).
+(``sampling.chunk_sampler``).
 """
 
 from __future__ import annotations
@@ -216,9 +216,7 @@ def state_at(video: np.ndarray, index: int, stream: StreamConfig) -> StreamState
         raise UsageError(
             f"chunk {index} starts at frame {start}, past the video's {len(video)} frames"
         )
-    cond = video[start - stream.cond_frames : start]
-    empty = np.zeros((0, *video.shape[1:]), np.uint8)
-    return StreamState(index, start, np.ascontiguousarray(cond), video[0].copy(), empty)
+    return StreamState.from_video(video[:start], stream)  # its chunks end at ``start``
 
 
 def chunk_seed(seed: int, index: int) -> int:
@@ -326,8 +324,9 @@ def stream(
         missing = max(0, request.num_frames - made - len(resume.pending))
         total = first + math.ceil(missing / stream_cfg.new_frames)
         if len(resume.pending) and made < request.num_frames:
-            yield _pending(resume, request, stream_cfg)
-            made = min(request.num_frames, made + len(resume.pending))
+            rest = _pending(resume, request)
+            yield rest
+            made = rest.state.made
         with torch.inference_mode():
             cond = models.to_model_frames(resume.cond_frames, request.size)
             if first < total:
@@ -358,7 +357,7 @@ def stream(
         made += keep
 
 
-def _pending(resume: StreamState, request: Request, stream_cfg: StreamConfig) -> VideoChunk:
+def _pending(resume: StreamState, request: Request) -> VideoChunk:
     """The frames a stopped stream had made but not handed out, as the rest of their chunk."""
     keep = min(len(resume.pending), request.num_frames - resume.made)
     after = StreamState(
