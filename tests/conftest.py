@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ import torch
 from streamingt2v import plan
 from streamingt2v.random_models import random_pipeline, write_modelscope_folder
 
-torch.set_num_threads(2)
+if "OMP_NUM_THREADS" not in os.environ:  # where set (work beside another job), it wins
+    torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="session")

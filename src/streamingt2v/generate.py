@@ -27,6 +27,8 @@ from .outputs import (
     claimed_output,
     file_hashes,
     manifest_path,
+    remove_partials,
+    resumable_runs,
     state_path,
     write_video,
     writing,
@@ -43,7 +45,7 @@ from .runtime import (
     resolve_model_dir,
 )
 from .streaming import Request, StreamState, state_at, stream
-from .video_io import partial_path, read_video, remove_path
+from .video_io import iter_video, partial_path, remove_path, run_token
 
 __all__ = [
     "DEFAULT_MODEL_DIR",
@@ -60,13 +62,14 @@ def generate(config: GenerateConfig) -> GenerateResult:
     """Generate ``config.num_frames`` frames into ``config.out`` chunk by chunk.
 
     Memory does not grow with the video's length (mp4 and PNG outputs; a gif keeps its
-    palette frames until the end; a run that starts from an existing video, ``--resume``,
-    ``--branch``, ``--extend``, reads that video into memory first). Raises UsageError for
-    bad input before any work is done, and OutputError when the output cannot be written.
+    palette frames until the end), also for a run that starts from an existing video
+    (``--resume``, ``--branch``, ``--extend``: its frames are read as they are written).
+    Raises UsageError for bad input before any work is done, and OutputError when the output
+    cannot be written.
     """
     replacing = config.overwrite or config.resume  # a resumed run replaces its own video
     check_output(config.out, replacing)
-    with claimed_output(config.out, replacing):
+    with claimed_output(config.out, replacing, keep_partials=config.resume):
         model_dir, device, dtype, pipe, enhancer, request = _load_run(config)
         fps = config.fps or pipe.config.fps
         manifest = _manifest_head(config, request, pipe, model_dir, fps, device, dtype)
@@ -76,6 +79,11 @@ def generate(config: GenerateConfig) -> GenerateResult:
                 print(f"streamingt2v: warning: {warning}", file=sys.stderr)
         record = {"request": request_record(request, pipe), "model": manifest["model"]["files"]}
         resume, earlier = _start_point(config, pipe, enhancer, record, manifest)
+        if config.resume and resume.made >= request.num_frames:
+            raise UsageError(
+                f"--resume: {config.out} already has {resume.made} frames; ask for more "
+                "with --frames to extend it"
+            )
         if resume is not None and resume.made > request.num_frames:
             raise UsageError(
                 f"--frames {request.num_frames} ends before frame {resume.made}, where this "
@@ -84,7 +92,8 @@ def generate(config: GenerateConfig) -> GenerateResult:
         # Without an enhancer, the state after every chunk goes to a temporary file that
         # replaces OUT.state.safetensors once the video is in place (the enhancer reads ahead
         # of what is written, so an enhanced run keeps no state).
-        state, state_tmp = state_path(config.out), partial_path(state_path(config.out))
+        token = run_token()  # names this run's partial video and state alike
+        state, state_tmp = state_path(config.out), partial_path(state_path(config.out), token)
 
         def frames() -> Iterator[np.ndarray]:
             yield from earlier
@@ -118,7 +127,7 @@ def generate(config: GenerateConfig) -> GenerateResult:
                 progress=config.progress,
             )
         try:
-            result = write_video(output, config.out, fps, manifest, replacing)
+            result = write_video(output, config.out, fps, manifest, replacing, token)
             with writing(state):
                 if state_tmp.exists():
                     os.replace(state_tmp, state)
@@ -126,6 +135,7 @@ def generate(config: GenerateConfig) -> GenerateResult:
                     state.unlink()
         finally:
             remove_path(state_tmp)
+        remove_partials(config.out)  # a killed run's, once a resumed run has read them
         return result
 
 
@@ -143,73 +153,83 @@ def request_record(request: Request, pipe: StreamingT2VPipeline) -> dict[str, An
 
 def _start_point(
     config: GenerateConfig, pipe, enhancer, record: dict, manifest: dict
-) -> tuple[StreamState | None, Any]:
+) -> tuple[StreamState | None, Iterator[np.ndarray]]:
     """Where the run starts (``--resume``, ``--branch``, ``--extend``; None: chunk 0) and
-    the frames before it, recorded in the manifest."""
+    the frames before it (read as they are written), recorded in the manifest."""
     if config.resume:
-        resume, earlier = _resume_point(config, enhancer, record)
+        resume, source = _resume_point(config, enhancer, record)
         manifest["resumed_from_frame"] = resume.made
-    elif config.branch is not None:
-        video = read_video(config.branch)
-        resume = state_at(video, config.branch_chunk, pipe.config.stream)
-        earlier = video[: resume.made]
+        manifest["resumed_from_killed_run"] = source != config.out
+        return resume, iter_video(source, limit=resume.made)
+    if config.branch is not None:
+        resume = state_at(iter_video(config.branch), config.branch_chunk, pipe.config.stream)
         manifest["branched_from"] = {
             "video": str(config.branch),
             "chunk": config.branch_chunk,
             "frame": resume.made,
         }
-    elif config.extend is not None:
-        resume, earlier, exact = _extend_point(config.extend, pipe.config.stream)
+        return resume, iter_video(config.branch, limit=resume.made)
+    if config.extend is not None:
+        resume, exact = _extend_point(config.extend, pipe.config.stream)
         manifest["extended_from"] = {
             "video": str(config.extend),
             "frames": resume.made,
             "from_saved_state": exact,
         }
-    else:
-        return None, ()
-    return resume, earlier
+        return resume, iter_video(config.extend)
+    return None, iter(())
 
 
-def _resume_point(config: GenerateConfig, enhancer, record: dict) -> tuple[StreamState, Any]:
-    """The saved state beside ``config.out`` and the video's frames before it; a UsageError
-    naming what differs when the run cannot continue it exactly."""
+def _resume_point(config: GenerateConfig, enhancer, record: dict) -> tuple[StreamState, Path]:
+    """The newest saved state of ``config.out`` (a stopped run's, or a killed run's beside
+    its growing partial video) made with the run's settings, and the video it belongs to; a
+    UsageError naming what differs when no state can be continued exactly."""
     if enhancer is not None:
         raise UsageError(
             "--resume continues runs without an enhancer; resume with --no-enhance, then "
             "enhance the finished video (streamingt2v enhance)"
         )
-    path = state_path(config.out)
-    if not path.is_file() or not config.out.exists():
-        raise UsageError(f"nothing to resume: no {config.out} with its state {path.name}")
-    state, saved = StreamState.load(path)
-    differ = _differences(saved.get("request", {}), record["request"])
+    found = []
+    for video, path in resumable_runs(config.out):
+        state, saved = StreamState.load(path)
+        found.append((state.made, _state_differences(saved, record), state, video))
+    if not found:
+        raise UsageError(
+            f"nothing to resume: no {config.out} with its state "
+            f"{state_path(config.out).name}, and no run killed while writing it"
+        )
+    found.sort(key=lambda run: (not run[1], run[0]), reverse=True)  # same settings, newest
+    made, differ, state, video = found[0]
     if differ:
         raise UsageError(f"--resume: {config.out} was made with other settings: {differ}")
+    frames = sum(1 for _ in iter_video(video, limit=made))
+    if frames < made:
+        raise UsageError(f"--resume: {video} has {frames} frames, its state needs {made}")
+    return state, video
+
+
+def _state_differences(saved: dict, record: dict) -> list[str]:
+    """What differs between a saved state's record and this run's: settings, then files."""
+    differ = _differences(saved.get("request", {}), record["request"])
+    model = saved.get("model", {})
     files = sorted(
         name
-        for name in set(saved.get("model", {})) | set(record["model"])
-        if saved.get("model", {}).get(name) != record["model"].get(name)
+        for name in set(model) | set(record["model"])
+        if model.get(name) != record["model"].get(name)
     )
-    if files:
-        raise UsageError(f"--resume: the model's files differ from the run's: {files}")
-    video = read_video(config.out)
-    if len(video) < state.made:
-        raise UsageError(
-            f"--resume: {config.out} has {len(video)} frames, its state needs {state.made}"
-        )
-    return state, video[: state.made]
+    return differ + ([f"the model's files: {files}"] if files else [])
 
 
-def _extend_point(video_path: Path, stream_cfg) -> tuple[StreamState, Any, bool]:
+def _extend_point(video_path: Path, stream_cfg) -> tuple[StreamState, bool]:
     """Where ``--extend`` starts: the video's saved state when it has one that ends where
-    the video does (exact), else its last frames and first frame; and the video's frames."""
-    video = read_video(video_path)
+    the video does (exact), else its last frames and first frame."""
+    resume = StreamState.from_video(iter_video(video_path), stream_cfg)
     saved = state_path(video_path)
     if saved.is_file():
         state, _ = StreamState.load(saved)
-        if state.made == len(video):
-            return state, video, True
-    return StreamState.from_video(video, stream_cfg), video, False
+        if state.made == resume.made:
+            return state, True
+    return resume, False
 
 
 def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:

@@ -2,7 +2,9 @@
 
 All checks come before any work, and nothing on disk is replaced until the video is
 complete (or the run is stopped with Ctrl-C or SIGTERM, which finishes a playable video of
-the frames made so far and records ``"interrupted": true`` in the manifest). A run holds its
+the frames made so far and records ``"interrupted": true`` in the manifest). A run killed
+outright leaves its growing partial video beside the output, playable (``video_io``), which
+``generate --resume`` continues and any other run on that output removes. A run holds its
 output's ``OutputLock`` throughout, so a second run on the same output is refused up front;
 the video and the manifest each replace their target in one rename. A write that fails (a
 full disk, a lost permission) raises ``OutputError`` and leaves what existed as it was, with
@@ -14,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterator
@@ -28,10 +31,12 @@ from .config import OutputError, UsageError
 from .video_io import (
     OutputLock,
     VideoWriter,
+    growing_path,
     output_kind,
     partial_path,
     remove_path,
     remove_stale_partials,
+    stale_partials,
 )
 
 
@@ -78,14 +83,37 @@ def check_output(out: Path, overwrite: bool) -> None:
 
 
 @contextmanager
-def claimed_output(out: Path, overwrite: bool) -> Iterator[None]:
+def claimed_output(out: Path, overwrite: bool, keep_partials: bool = False) -> Iterator[None]:
     """Hold ``out``'s ``OutputLock`` for a run: checked again once held (a run may have
-    finished meanwhile), and cleared of what runs killed outright left beside it."""
+    finished meanwhile), and cleared of what runs killed outright left beside it (unless
+    ``keep_partials``: a resumed run reads them first, then calls ``remove_partials``)."""
     with OutputLock(out):
         check_output(out, overwrite)
-        for target in (out, manifest_path(out), state_path(out)):
-            remove_stale_partials(target)
+        if not keep_partials:
+            remove_partials(out)
         yield
+
+
+def remove_partials(out: Path) -> None:
+    """Remove what runs killed outright left beside ``out``; only while holding its lock."""
+    for target in (out, manifest_path(out), state_path(out)):
+        remove_stale_partials(target)
+
+
+def resumable_runs(out: Path) -> list[tuple[Path, Path]]:
+    """(video, state file) pairs that ``generate --resume`` may continue: ``out`` with its
+    state, and the growing partial videos with their states that runs killed outright left
+    beside it (newest state after each finished chunk; see ``video_io``)."""
+    runs = []
+    if out.exists() and state_path(out).is_file():
+        runs.append((out, state_path(out)))
+    name = re.compile(re.escape(state_path(out).name) + r"\.(\d+-[0-9a-f]{8})\.partial")
+    for found in stale_partials(state_path(out)):
+        token = name.fullmatch(found.name)
+        video = token and growing_path(out, token.group(1))
+        if video is not None and video.exists():
+            runs.append((video, found))
+    return runs
 
 
 def file_hashes(folder: Path) -> dict[str, str]:
@@ -106,14 +134,15 @@ def write_video(
     fps: int,
     manifest: dict[str, Any],
     overwrite: bool = True,
+    token: str | None = None,
 ) -> GenerateResult:
     """Write frames as they come, then the video and its manifest, each into place in one
     rename. Ctrl-C (or ``Stopped``) keeps a playable video of the frames made so far
     (``"interrupted": true``); any other error, or a stop before the first frame, leaves
     nothing behind and replaces nothing. A failed write raises OutputError naming the path
-    and the cause."""
+    and the cause. ``token``: the run's ``run_token``, in its partial files' names."""
     with writing(out):
-        writer = VideoWriter(out, fps)
+        writer = VideoWriter(out, fps, token)
     started = time.perf_counter()
     stopped_by = None
     try:

@@ -159,9 +159,9 @@ class GenerateConfig(RunOptions):
     )
     resume: bool = option(
         False,
-        "continue the stopped run that wrote --out (same settings and model; its saved state "
-        "OUT.state.safetensors), or extend a finished one to --frames: the frames are those "
-        "of one uninterrupted run",
+        "continue the run that wrote --out, stopped or killed (same settings and model; its "
+        "saved state OUT.state.safetensors, or a killed run's beside its partial video), or "
+        "extend a finished one to --frames: the frames are those of one uninterrupted run",
         action="store_true",
     )
     branch: Path | None = option(

@@ -27,12 +27,14 @@ the prompt and the anchor, the latent shape, decoding, and the factory of chunk 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,19 +81,23 @@ class StreamState:
     pending: np.ndarray
 
     @classmethod
-    def from_video(cls, video: np.ndarray, stream: StreamConfig) -> StreamState:
-        """The state after ``video`` ((N, H, W, 3) uint8, any video of the model's size):
-        its last F_cond frames and its frame 0, the chunks numbered on as a run of N frames
-        would be. For a video without its saved state (another model's, or one whose
-        compressed pixels are all that is left)."""
-        if len(video) < stream.cond_frames:
+    def from_video(cls, video: Iterable[np.ndarray], stream: StreamConfig) -> StreamState:
+        """The state after ``video`` (its (H, W, 3) uint8 frames: an (N, H, W, 3) array or
+        ``video_io.iter_video``; any video of the model's size): its last F_cond frames and
+        its frame 0, the chunks numbered on as a run of N frames would be. For a video
+        without its saved state (another model's, or one whose compressed pixels are all that
+        is left). Holds F_cond + 1 frames in memory, whatever the video's length."""
+        first, tail, count = None, deque(maxlen=stream.cond_frames), 0
+        for frame in video:
+            first = frame.copy() if first is None else first
+            tail.append(frame)
+            count += 1
+        if count < stream.cond_frames:
             raise UsageError(
-                f"the video has {len(video)} frames; continuing it needs at least "
-                f"{stream.cond_frames}"
+                f"the video has {count} frames; continuing it needs at least {stream.cond_frames}"
             )
-        empty = np.zeros((0, *video.shape[1:]), np.uint8)
-        cond = np.ascontiguousarray(video[-stream.cond_frames :])
-        return cls(chunk_count(len(video), stream), len(video), cond, video[0].copy(), empty)
+        empty = np.zeros((0, *first.shape), np.uint8)
+        return cls(chunk_count(count, stream), count, np.stack(tail), first, empty)
 
     def check(self, stream: StreamConfig) -> None:
         """A UsageError unless the state fits chunks of ``stream``: the frames it holds end
@@ -205,18 +211,20 @@ def frames_made(chunks: int, stream: StreamConfig) -> int:
     return 0 if chunks < 1 else stream.chunk_frames + (chunks - 1) * stream.new_frames
 
 
-def state_at(video: np.ndarray, index: int, stream: StreamConfig) -> StreamState:
-    """The state before chunk ``index`` of ``video`` ((N, H, W, 3) uint8, a video this model
-    made): to branch from that chunk on, keeping the frames before it. Exact where the frames
-    are (a PNG folder, frames in memory); a compressed video's frames are re-read pixels."""
+def state_at(video: Iterable[np.ndarray], index: int, stream: StreamConfig) -> StreamState:
+    """The state before chunk ``index`` of ``video`` (its (H, W, 3) uint8 frames, an array
+    or ``video_io.iter_video``; a video this model made): to branch from that chunk on,
+    keeping the frames before it. Exact where the frames are (a PNG folder, frames in
+    memory); a compressed video's frames are re-read pixels."""
     if index < 1:
         raise UsageError("branching from chunk 0 remakes the whole video: generate it anew")
     start = frames_made(index, stream)
-    if start > len(video):
+    state = StreamState.from_video(itertools.islice(iter(video), start), stream)
+    if state.made < start:
         raise UsageError(
-            f"chunk {index} starts at frame {start}, past the video's {len(video)} frames"
+            f"chunk {index} starts at frame {start}, past the video's {state.made} frames"
         )
-    return StreamState.from_video(video[:start], stream)  # its chunks end at ``start``
+    return state  # its chunks end at ``start``
 
 
 def chunk_seed(seed: int, index: int) -> int:

@@ -8,6 +8,12 @@ Writers append chunk by chunk to a partial file of their own beside the target
 finish, with one atomic rename: an existing output is only ever replaced by a complete new
 one, never by a run that fails, and two runs never write the same partial file.
 ``OutputLock`` keeps a second run from writing the same target at the same time.
+
+What a writer has written is playable at every moment, even after the process is killed
+outright (SIGKILL, power loss of the process): an mp4 grows as an MPEG-TS stream
+(``NAME.PID-TOKEN.partial.ts``, each frame's packet written as soon as it is encoded) that is
+remuxed into the mp4, without re-encoding, when the video is finished; a PNG folder grows frame
+by frame. A gif is written at the end (its palette needs every frame).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import re
 import secrets
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,19 +46,31 @@ def output_kind(path: Path) -> str:
     )
 
 
-def partial_path(path: Path) -> Path:
-    """A temporary name beside ``path`` that no other run uses (process id + random token)."""
-    return path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
+def run_token() -> str:
+    """A name part that no other run uses: process id and a random token."""
+    return f"{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def partial_path(path: Path, token: str | None = None) -> Path:
+    """A temporary name beside ``path`` (``NAME.TOKEN.partial``); a run that gives its own
+    ``run_token`` to several paths can find them together again."""
+    return path.with_name(f"{path.name}.{token or run_token()}.partial")
+
+
+def stale_partials(path: Path) -> list[Path]:
+    """The partial files (``partial_path``'s names, a growing mp4's ``.ts``, a PNG folder's
+    ``.old``) that runs killed outright (SIGKILL, power loss) left beside ``path``."""
+    pattern = re.compile(re.escape(path.name) + r"(\.\d+-[0-9a-f]{8}\.partial)+(\.old|\.ts)?")
+    if not path.parent.is_dir():
+        return []
+    return sorted(p for p in path.parent.iterdir() if pattern.fullmatch(p.name))
 
 
 def remove_stale_partials(path: Path) -> None:
-    """Remove the partial files (``partial_path``'s names, and a PNG folder's ``.old``) that
-    runs killed outright (SIGKILL, power loss) left beside ``path``. Only safe while holding
-    ``path``'s ``OutputLock``: then no live run owns them."""
-    pattern = re.compile(re.escape(path.name) + r"(\.\d+-[0-9a-f]{8}\.partial)+(\.old)?")
-    for found in path.parent.iterdir():
-        if pattern.fullmatch(found.name):
-            remove_path(found)
+    """Remove ``stale_partials(path)``. Only safe while holding ``path``'s ``OutputLock``:
+    then no live run owns them."""
+    for found in stale_partials(path):
+        remove_path(found)
 
 
 class OutputLock:
@@ -122,13 +141,19 @@ class OutputLock:
 
 
 class VideoWriter:
-    """Append frames to ``path``'s partial file; ``finish`` moves it into place."""
+    """Append frames to ``path``'s partial file; ``finish`` moves it into place.
 
-    def __init__(self, path: Path, fps: int):
+    ``growing``: the file (or PNG folder) that holds every frame written so far, playable
+    at any moment; None for a gif. ``token``: the ``run_token`` in the partial's name.
+    """
+
+    def __init__(self, path: Path, fps: int, token: str | None = None):
         self.path = Path(path)
         self.kind = output_kind(self.path)
         self.fps = fps
-        self.partial = partial_path(self.path)
+        self.token = token or run_token()
+        self.partial = partial_path(self.path, self.token)
+        self.growing = growing_path(self.path, self.token)
         self.frames_written = 0
         self._container = self._stream = None
         self._gif_frames: list[Image.Image] = []
@@ -146,13 +171,16 @@ class VideoWriter:
         import av  # imported on use: GIF and PNG output need no FFmpeg
 
         if self._container is None:
-            self._container = av.open(str(self.partial), "w", format="mp4")
+            # MPEG-TS with every packet written at once, from an encoder that holds no
+            # frames back: a process killed at any moment leaves every frame written.
+            options = {"flush_packets": "1"}
+            self._container = av.open(str(self.growing), "w", format="mpegts", options=options)
             self._stream = self._container.add_stream("libx264", rate=self.fps)
             self._stream.height, self._stream.width = frame.shape[:2]
             # 4:2:0 needs even sizes; odd sizes keep full chroma instead of failing.
             even = frame.shape[0] % 2 == 0 and frame.shape[1] % 2 == 0
             self._stream.pix_fmt = "yuv420p" if even else "yuv444p"
-            self._stream.options = {"crf": "17"}
+            self._stream.options = {"crf": "17", "tune": "zerolatency"}
         packet_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
         for packet in self._stream.encode(packet_frame):
             self._container.mux(packet)
@@ -177,6 +205,8 @@ class VideoWriter:
                     container.mux(packet)
             finally:  # closed even when flushing fails (a full disk): no open file left
                 container.close()
+            _remux_mp4(self.growing, self.partial)
+            remove_path(self.growing)
         if self.kind == "gif" and self._gif_frames:
             first, *rest = self._gif_frames
             duration = round(1000 / self.fps)
@@ -220,6 +250,32 @@ class VideoWriter:
         finally:
             self._gif_frames = []
             remove_path(self.partial)
+            if self.growing is not None:
+                remove_path(self.growing)
+
+
+def growing_path(path: Path, token: str) -> Path | None:
+    """What a ``VideoWriter`` for ``path`` with ``token`` grows while it writes (playable at
+    any moment): an mp4's MPEG-TS stream beside its partial file, a PNG folder's partial
+    folder; None for a gif."""
+    partial = partial_path(path, token)
+    return {"mp4": partial.with_name(partial.name + ".ts"), "frames": partial}.get(
+        output_kind(path)
+    )
+
+
+def _remux_mp4(stream_file: Path, out: Path) -> None:
+    """Copy the H.264 packets of an MPEG-TS stream into an mp4 (no re-encoding)."""
+    import av
+
+    with av.open(str(stream_file)) as source, av.open(str(out), "w", format="mp4") as target:
+        video = source.streams.video[0]
+        copied = target.add_stream_from_template(video)
+        for packet in source.demux(video):
+            if packet.dts is None:  # the demuxer's empty packet at the end
+                continue
+            packet.stream = copied
+            target.mux(packet)
 
 
 def remove_path(path: Path) -> None:
@@ -230,22 +286,38 @@ def remove_path(path: Path) -> None:
         path.unlink()
 
 
-def read_video(path: str | Path) -> np.ndarray:
-    """All frames of an mp4, gif, or PNG folder as (F, H, W, 3) uint8."""
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(path.glob("*.png"))
-        frames = [np.asarray(Image.open(f).convert("RGB")) for f in files]
-    elif not path.is_file():
-        raise UsageError(f"video not found: {path}")
-    else:
-        import av
-
-        try:
-            with av.open(str(path)) as container:
-                frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-        except (av.error.FFmpegError, IndexError) as err:
-            raise UsageError(f"not a readable video: {path} ({err})") from err
+def read_video(path: str | Path, limit: int | None = None) -> np.ndarray:
+    """The frames of an mp4 (or an MPEG-TS stream), gif, or PNG folder as (F, H, W, 3)
+    uint8; only the first ``limit`` when given (what a killed run's growing file holds
+    before its last, possibly cut, frame)."""
+    frames = list(iter_video(path, limit))
     if not frames:
         raise UsageError(f"video has no frames: {path}")
     return np.stack(frames)
+
+
+def iter_video(path: str | Path, limit: int | None = None) -> Iterator[np.ndarray]:
+    """The frames of a video one at a time, (H, W, 3) uint8 (see ``read_video``)."""
+    path = Path(path)
+    if path.is_dir():
+        for file in sorted(path.glob("*.png"))[:limit]:
+            try:
+                with Image.open(file) as image:
+                    yield np.asarray(image.convert("RGB"))
+            except OSError as err:
+                raise UsageError(f"not a readable frame: {file} ({err})") from err
+        return
+    if not path.is_file():
+        raise UsageError(f"video not found: {path}")
+    import av
+
+    count = 0
+    try:
+        with av.open(str(path)) as container:
+            for frame in container.decode(video=0):
+                if limit is not None and count >= limit:
+                    return
+                count += 1
+                yield frame.to_ndarray(format="rgb24")
+    except (av.error.FFmpegError, IndexError) as err:
+        raise UsageError(f"not a readable video: {path} ({err})") from err
