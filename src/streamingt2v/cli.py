@@ -273,6 +273,13 @@ def _train(args: argparse.Namespace) -> int:
 
 def _generate(args: argparse.Namespace) -> int:
     config = from_args(GenerateConfig, args)
+    if config.prompts is not None:
+        if args.plan:
+            raise UsageError("--plan measures one video: give a prompt instead of --prompts")
+        from .batch import generate_batch
+
+        codes = [_report(result) for result in generate_batch(config)]
+        return max(codes, default=0)
     if args.plan:
         from .generate import plan_run
         from .plan import format_plan

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ from .runtime import (
     resolve_device,
     resolve_model_dir,
 )
-from .streaming import Request, StreamState, state_at, stream
+from .streaming import Request, StreamState, state_at, stream, stream_timeline
 from .video_io import iter_video, partial_path, remove_path, run_token
 
 __all__ = [
@@ -58,8 +58,20 @@ __all__ = [
 ]
 
 
-def generate(config: GenerateConfig) -> GenerateResult:
-    """Generate ``config.num_frames`` frames into ``config.out`` chunk by chunk.
+class LoadedModels(NamedTuple):
+    """A generate run's models (``load_models``)."""
+
+    model_dir: Path
+    device: torch.device
+    dtype: torch.dtype
+    pipe: StreamingT2VPipeline
+    enhancer: Any  # an Enhancer, or None
+
+
+def generate(config: GenerateConfig, loaded: LoadedModels | None = None) -> GenerateResult:
+    """Generate ``config.num_frames`` frames into ``config.out`` chunk by chunk (from
+    ``config.prompt``, or its prompt timeline). ``loaded``: the run's models, already loaded
+    (``load_models(config)``), for several runs in one process.
 
     Memory does not grow with the video's length (mp4 and PNG outputs; a gif keeps its
     palette frames until the end), also for a run that starts from an existing video
@@ -67,10 +79,14 @@ def generate(config: GenerateConfig) -> GenerateResult:
     Raises UsageError for bad input before any work is done, and OutputError when the output
     cannot be written.
     """
+    if config.prompts is not None:
+        raise UsageError("a prompts file makes several videos: use generate_batch")
     replacing = config.overwrite or config.resume  # a resumed run replaces its own video
     check_output(config.out, replacing)
     with claimed_output(config.out, replacing, keep_partials=config.resume):
-        model_dir, device, dtype, pipe, enhancer, request = _load_run(config)
+        model_dir, device, dtype, pipe, enhancer = loaded or load_models(config)
+        request = _request(config, pipe)
+        timeline = config.read_timeline()
         fps = config.fps or pipe.config.fps
         manifest = _manifest_head(config, request, pipe, model_dir, fps, device, dtype)
         manifest["warnings"] = pipe.prompt_warnings(request.prompt)
@@ -78,6 +94,8 @@ def generate(config: GenerateConfig) -> GenerateResult:
             for warning in manifest["warnings"]:
                 print(f"streamingt2v: warning: {warning}", file=sys.stderr)
         record = {"request": request_record(request, pipe), "model": manifest["model"]["files"]}
+        if timeline is not None:
+            manifest["timeline"] = record["request"]["timeline"] = timeline.to_dict()
         resume, earlier = _start_point(config, pipe, enhancer, record, manifest)
         if config.resume and resume.made >= request.num_frames:
             raise UsageError(
@@ -97,7 +115,11 @@ def generate(config: GenerateConfig) -> GenerateResult:
 
         def frames() -> Iterator[np.ndarray]:
             yield from earlier
-            chunks = stream(pipe.chunk_models(), request, config.progress, resume=resume)
+            models = pipe.chunk_models()
+            if timeline is None:
+                chunks = stream(models, request, config.progress, resume=resume)
+            else:
+                chunks = stream_timeline(models, request, timeline, config.progress, resume)
             for chunk in chunks:
                 manifest["chunks"].append(
                     dict(
@@ -247,13 +269,15 @@ def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
 def plan_run(config: GenerateConfig) -> Plan:
     """What ``generate(config)`` would cost (time, memory), measured on one evaluation of
     each kind; generates and writes nothing."""
-    _, _, _, pipe, enhancer, request = _load_run(config)
+    _, _, _, pipe, enhancer = load_models(config)
+    request = _request(config, pipe)
     settings = replace(enhancer.config.defaults, seed=request.seed) if enhancer else None
     return make_plan(pipe, request, enhancer, settings)
 
 
-def _load_run(config: GenerateConfig):
-    """The models and the validated request of a generate run."""
+def load_models(config: GenerateConfig) -> LoadedModels:
+    """The models of a generate run: its model folder, device, dtype, pipeline and
+    enhancer (None without one)."""
     model_dir = resolve_model_dir(config.model)
     device, dtype = resolve_device(config.device, config.dtype)
     load_on = torch.device("cpu") if config.offload else device
@@ -274,8 +298,12 @@ def _load_run(config: GenerateConfig):
         if config.offload:
             enhancer.enable_offload(pipe.offloader)
         check_enhance_steps(enhancer, enhancer.config.defaults.steps)
-    request = pipe.request(config.prompt, config.num_frames, **config.request_settings())
-    return model_dir, device, dtype, pipe, enhancer, request
+    return LoadedModels(model_dir, device, dtype, pipe, enhancer)
+
+
+def _request(config: GenerateConfig, pipe: StreamingT2VPipeline) -> Request:
+    """The run's validated request (a timeline's: its first prompt and its length)."""
+    return pipe.request(config.first_prompt, config.num_frames, **config.request_settings())
 
 
 def _manifest_head(config, request, pipe, model_dir, fps, device, dtype) -> dict[str, Any]:

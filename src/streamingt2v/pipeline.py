@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,7 +54,16 @@ from .models.weights import (
 )
 from .offload import Offloader, OnDevice, place
 from .sampling import chunk_sampler, max_steps
-from .streaming import ChunkModels, Request, StreamState, VideoChunk, chunk_count, stream
+from .streaming import (
+    ChunkModels,
+    Request,
+    StreamState,
+    VideoChunk,
+    chunk_count,
+    stream,
+    stream_timeline,
+)
+from .timeline import Timeline
 
 STREAMING_PARTS = ("cam", "apm", "image_encoder")
 
@@ -467,6 +477,21 @@ class StreamingT2VPipeline(OnDevice):
             method=method,
         )
         return stream(self.chunk_models(), request, progress=progress, resume=resume)
+
+    def stream_timeline(
+        self,
+        timeline: Timeline,
+        *,
+        progress: bool = False,
+        resume: StreamState | None = None,
+        **settings: Any,
+    ) -> Iterator[VideoChunk]:
+        """Yield a prompt timeline's video chunk by chunk (``timeline.Timeline``: segments of
+        a prompt and a number of frames, each with its own seed, guidance and negative
+        prompt if given). ``settings``: ``request``'s keyword arguments (seed, steps, ...),
+        the defaults of every segment. ``resume``: as in ``stream``."""
+        request = self.request(timeline.segments[0].prompt, timeline.num_frames, **settings)
+        return stream_timeline(self.chunk_models(), request, timeline, progress, resume)
 
     def __call__(
         self,

@@ -18,6 +18,7 @@ from typing import Any
 from .config import MODES, SCHEDULERS, EnhanceConfig, SampleConfig, UsageError, check_request
 from .methods import METHODS
 from .options import option
+from .timeline import Timeline
 
 DTYPE_NAMES = ("float32", "float16", "bfloat16")
 # RunOptions' fields (the options every command that runs a model takes).
@@ -88,9 +89,13 @@ def sample_overrides(settings: object) -> dict[str, Any]:
 class GenerateConfig(RunOptions):
     """Everything one ``streamingt2v generate`` run needs (``generate.generate``)."""
 
-    prompt: str = option(help="text prompt", positional=True)
-    num_frames: int = option(
-        80, "number of frames, any integer >= 1 (default: 80)", flag="--frames"
+    prompt: str | None = option(
+        None, "text prompt (or give --timeline or --prompts)", positional=True, nargs="?"
+    )
+    num_frames: int | None = option(
+        None,
+        "number of frames, any integer >= 1 (default: 80; a --timeline's: the sum of its segments)",
+        flag="--frames",
     )
     out: Path = option(
         Path("video.mp4"),
@@ -180,11 +185,47 @@ class GenerateConfig(RunOptions):
         "continues exactly as a longer run would; any other from its last 8 frames and its "
         "first frame (its compressed pixels, read back)",
     )
+    timeline: Path | None = option(
+        None,
+        "a prompt timeline instead of a prompt: a JSON file of segments, each a prompt and "
+        "its frames (optional seed, guidance, negative_prompt), and the anchor (keep or "
+        "reanchor); the prompt changes at the chunk boundary at or after each segment's "
+        "first frame",
+    )
+    prompts: Path | None = option(
+        None,
+        "a file of prompts, one per line: one video each, into --out-dir; under "
+        "torchrun or accelerate launch the prompts are split over the processes, and a "
+        "video already made is skipped, one stopped or killed resumed",
+    )
+    out_dir: Path | None = option(None, "with --prompts: the folder of the videos")
     extra: dict[str, Any] = option({}, cli=False)  # recorded in the manifest as is
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.out = Path(self.out)
+        given = [n for n in ("prompt", "timeline", "prompts") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise UsageError(
+                "give a prompt, --timeline FILE or --prompts FILE"
+                + (f", not {' and '.join(given)}" if given else "")
+            )
+        if self.prompts is not None and self.out_dir is None:
+            raise UsageError("--prompts needs --out-dir, the folder of its videos")
+        if self.out_dir is not None and self.prompts is None:
+            raise UsageError("--out-dir goes with --prompts (one video: --out)")
+        if self.timeline is not None:
+            timeline = self.read_timeline()
+            if self.num_frames not in (None, timeline.num_frames):
+                raise UsageError(
+                    f"--frames {self.num_frames} differs from the timeline's "
+                    f"{timeline.num_frames} frames (the sum of its segments): leave it out"
+                )
+            self.num_frames = timeline.num_frames
+            if self.branch is not None or self.extend is not None:
+                raise UsageError("--timeline starts a video; it does not take --branch or --extend")
+        if self.num_frames is None:
+            self.num_frames = 80
         size = (
             None
             if self.height is None and self.width is None
@@ -193,7 +234,8 @@ class GenerateConfig(RunOptions):
                 self.width or 1,
             )
         )
-        check_request(self.prompt, self.num_frames, self.seed, size, self.method)
+        prompt = "-" if self.prompts is not None else self.first_prompt  # a batch: each line's
+        check_request(prompt, self.num_frames, self.seed, size, self.method)
         # Each sampling setting given is checked as SampleConfig checks it (the others keep
         # valid placeholders until the model's defaults are known).
         dataclasses.replace(SampleConfig(), **sample_overrides(self))
@@ -240,6 +282,15 @@ class GenerateConfig(RunOptions):
         if "prompt" not in values:
             raise UsageError(f"{video} has no manifest ({manifest_file.name}): give --prompt")
         return cls(num_frames=num_frames, out=out, extend=video, **values)
+
+    def read_timeline(self) -> Timeline | None:
+        return None if self.timeline is None else Timeline.load(self.timeline)
+
+    @property
+    def first_prompt(self) -> str | None:
+        """The prompt the run starts with: the prompt, or the timeline's first segment's."""
+        timeline = self.read_timeline()
+        return timeline.segments[0].prompt if timeline else self.prompt
 
     def request_settings(self) -> dict[str, Any]:
         """The keyword arguments of ``pipe.request`` for this run."""

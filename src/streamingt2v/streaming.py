@@ -26,6 +26,7 @@ the prompt and the anchor, the latent shape, decoding, and the factory of chunk 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -48,6 +49,7 @@ from .freenoise import rescheduled_noise
 from .layout import fhwc_from_cfhw
 from .methods import FREENOISE_STRIDE, METHODS
 from .sampling import ChunkSampler
+from .timeline import Segment, Timeline
 from .video_io import partial_path, remove_path
 
 
@@ -363,6 +365,47 @@ def stream(
             state=after,
         )
         made += keep
+
+
+def stream_timeline(
+    models: ChunkModels,
+    request: Request,
+    timeline: Timeline,
+    progress: bool = False,
+    resume: StreamState | None = None,
+) -> Iterator[VideoChunk]:
+    """Yield a prompt timeline's video chunk by chunk (``timeline.py``): each segment is the
+    stream of ``request`` with the segment's prompt and settings, continued from the state
+    the segment before it ended in, so a prompt takes over at the next chunk boundary and
+    the CAM carries the motion across. ``resume``: continue from that state, as ``stream``."""
+    if METHODS[request.method].whole_video:
+        raise UsageError(f"--method {request.method} makes the whole video at once: no timeline")
+    state, start = resume, 0
+    for segment, end in zip(timeline.segments, timeline.ends(), strict=True):
+        if state is not None and state.made >= end:  # a resumed run is past this segment
+            start = end
+            continue
+        if state is not None and timeline.anchor == "reanchor" and state.made == start:
+            state = dataclasses.replace(state, anchor=state.cond_frames[-1].copy())
+        for chunk in stream(models, segment_request(request, segment, end), progress, state):
+            yield chunk
+            state = chunk.state
+        start = end
+
+
+def segment_request(request: Request, segment: Segment, end: int) -> Request:
+    """``request`` with a timeline segment's prompt and settings, ending at frame ``end``."""
+    sample = request.sample
+    if segment.guidance is not None:
+        sample = dataclasses.replace(
+            sample, guidance=segment.guidance, stream_guidance=segment.guidance
+        )
+    if segment.negative_prompt is not None:
+        sample = dataclasses.replace(sample, negative_prompt=segment.negative_prompt)
+    seed = request.seed if segment.seed is None else segment.seed
+    return dataclasses.replace(
+        request, prompt=segment.prompt, num_frames=end, seed=seed, sample=sample
+    )
 
 
 def _pending(resume: StreamState, request: Request) -> VideoChunk:
