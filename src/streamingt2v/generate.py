@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -96,6 +96,8 @@ def generate(config: GenerateConfig, loaded: LoadedModels | None = None) -> Gene
         record = {"request": request_record(request, pipe), "model": manifest["model"]["files"]}
         if timeline is not None:
             manifest["timeline"] = record["request"]["timeline"] = timeline.to_dict()
+        if config.guard() is not None:
+            manifest["drift_guard"] = record["request"]["drift_guard"] = asdict(config.guard())
         resume, earlier = _start_point(config, pipe, enhancer, record, manifest)
         if config.resume and resume.made >= request.num_frames:
             raise UsageError(
@@ -116,10 +118,11 @@ def generate(config: GenerateConfig, loaded: LoadedModels | None = None) -> Gene
         def frames() -> Iterator[np.ndarray]:
             yield from earlier
             models = pipe.chunk_models()
+            guard = config.guard()
             if timeline is None:
-                chunks = stream(models, request, config.progress, resume=resume)
+                chunks = stream(models, request, config.progress, resume, guard)
             else:
-                chunks = stream_timeline(models, request, timeline, config.progress, resume)
+                chunks = stream_timeline(models, request, timeline, config.progress, resume, guard)
             for chunk in chunks:
                 manifest["chunks"].append(
                     dict(
@@ -128,6 +131,7 @@ def generate(config: GenerateConfig, loaded: LoadedModels | None = None) -> Gene
                         frames=len(chunk.frames),
                         seed=chunk.seed,
                         seconds=round(chunk.seconds, 3),
+                        **({"tries": chunk.tries} if chunk.tries else {}),
                     )
                 )
                 yield from chunk.frames

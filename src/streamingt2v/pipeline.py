@@ -322,6 +322,11 @@ class StreamingT2VPipeline(OnDevice):
         anchor = self.image_encoder(frame)
         return torch.cat([self.image_encoder.unconditional(1), anchor]).to(self.stream_dtype)
 
+    def embed_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) frames in [-1, 1] -> (N, E) image embeddings (the APM's encoder)."""
+        self._require_streaming()
+        return self.image_encoder(frames)
+
     def decode_latents(self, latents: torch.Tensor, frames_per_batch: int = 8) -> torch.Tensor:
         """(1, C, F, h, w) latents -> (1, 3, F, H, W) pixels in [-1, 1], a few frames at a time."""
         frames = fold(latents)  # (F, C, h, w)
@@ -421,6 +426,7 @@ class StreamingT2VPipeline(OnDevice):
             latent_shape=self.latent_shape,
             decode=self.decode_latents,
             sampler=partial(chunk_sampler, self),
+            embed_frames=self.embed_frames if self.image_encoder is not None else None,
         )
 
     def stream(

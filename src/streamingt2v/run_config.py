@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import MODES, SCHEDULERS, EnhanceConfig, SampleConfig, UsageError, check_request
+from .drift import DriftGuard
 from .methods import METHODS
 from .options import option
 from .timeline import Timeline
@@ -192,6 +193,20 @@ class GenerateConfig(RunOptions):
         "reanchor); the prompt changes at the chunk boundary at or after each segment's "
         "first frame",
     )
+    drift_guard: int | None = option(
+        None,
+        "re-sample a streaming chunk that drifts from the first frame or cuts, up to this "
+        "many samples of it in all (off by default; see --drift-max-distance, "
+        "--drift-max-jump); every try is in the manifest",
+    )
+    drift_max_distance: float = option(
+        0.1, "the drift guard's limit on the image-embedding distance to the anchor"
+    )
+    drift_max_jump: float = option(
+        3.0,
+        "the drift guard's limit on the change across a chunk boundary, over the chunk's own "
+        "frame-to-frame change",
+    )
     prompts: Path | None = option(
         None,
         "a file of prompts, one per line: one video each, into --out-dir; under "
@@ -226,6 +241,7 @@ class GenerateConfig(RunOptions):
                 raise UsageError("--timeline starts a video; it does not take --branch or --extend")
         if self.num_frames is None:
             self.num_frames = 80
+        self.guard()  # checked now
         size = (
             None
             if self.height is None and self.width is None
@@ -282,6 +298,12 @@ class GenerateConfig(RunOptions):
         if "prompt" not in values:
             raise UsageError(f"{video} has no manifest ({manifest_file.name}): give --prompt")
         return cls(num_frames=num_frames, out=out, extend=video, **values)
+
+    def guard(self) -> DriftGuard | None:
+        """The drift guard of the run, None when off."""
+        if self.drift_guard is None:
+            return None
+        return DriftGuard(self.drift_guard, self.drift_max_distance, self.drift_max_jump)
 
     def read_timeline(self) -> Timeline | None:
         return None if self.timeline is None else Timeline.load(self.timeline)

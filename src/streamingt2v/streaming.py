@@ -45,8 +45,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import SampleConfig, StreamConfig, UsageError, check_request
+from .drift import DriftGuard, chunk_scores
 from .freenoise import rescheduled_noise
-from .layout import fhwc_from_cfhw
+from .layout import fhwc_from_cfhw, fold
 from .methods import FREENOISE_STRIDE, METHODS
 from .sampling import ChunkSampler
 from .timeline import Segment, Timeline
@@ -174,6 +175,8 @@ class VideoChunk:
     seed: int  # the seed of this chunk's generator
     seconds: float  # wall time to make it, decoding included
     state: StreamState | None = None  # where the stream stands after this chunk
+    # The drift guard's samples of this chunk: each one's seed and measurements (``drift``)
+    tries: list[dict[str, float]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -196,6 +199,8 @@ class ChunkModels:
     decode: Callable[[torch.Tensor], torch.Tensor]
     # (request, chunk index, context, cond_frames, image_embeds) -> the chunk's sampler
     sampler: Callable[..., ChunkSampler]
+    # (N, 3, H, W) frames -> (N, E) image embeddings (the APM's encoder; the drift guard's)
+    embed_frames: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 def chunk_count(num_frames: int, stream: StreamConfig) -> int:
@@ -229,9 +234,11 @@ def state_at(video: Iterable[np.ndarray], index: int, stream: StreamConfig) -> S
     return state  # its chunks end at ``start``
 
 
-def chunk_seed(seed: int, index: int) -> int:
-    """A 63-bit seed for chunk ``index`` of a run with ``seed``, independent across chunks."""
-    digest = hashlib.sha256(f"streamingt2v:{seed}:{index}".encode()).digest()
+def chunk_seed(seed: int, index: int, attempt: int = 0) -> int:
+    """A 63-bit seed for chunk ``index`` of a run with ``seed``, independent across chunks;
+    ``attempt`` > 0: the drift guard's further samples of that chunk."""
+    key = f"streamingt2v:{seed}:{index}" + (f":{attempt}" if attempt else "")
+    digest = hashlib.sha256(key.encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
 
 
@@ -243,6 +250,7 @@ def generate_chunk(
     cond_frames: torch.Tensor | None = None,
     image_embeds: torch.Tensor | None = None,
     progress: bool = False,
+    attempt: int = 0,
 ) -> torch.Tensor:
     """Make chunk ``index`` and return its new frames decoded, (1, 3, F_new, H, W) in [-1, 1].
 
@@ -250,7 +258,7 @@ def generate_chunk(
     (1, 3, F_cond, H, W) and the APM image embeddings (2, E) as [unconditional image, anchor].
     """
     stream = models.stream
-    generator = torch.Generator("cpu").manual_seed(chunk_seed(request.seed, index))
+    generator = torch.Generator("cpu").manual_seed(chunk_seed(request.seed, index, attempt))
     noise = torch.randn(models.latent_shape(stream.chunk_frames, request.size), generator=generator)
     sampler = models.sampler(request, index, context, cond_frames, image_embeds)
     latents = sampler(noise, generator, progress=progress, desc=f"chunk {index}")
@@ -307,6 +315,7 @@ def stream(
     request: Request,
     progress: bool = False,
     resume: StreamState | None = None,
+    guard: DriftGuard | None = None,
 ) -> Iterator[VideoChunk]:
     """Yield the video chunk by chunk; exactly ``request.num_frames`` frames in all.
 
@@ -325,10 +334,11 @@ def stream(
     with torch.inference_mode():
         contexts = chunk_contexts(models, request)
     made, first, anchor = 0, 0, None
-    cond = embeds = None
+    cond = embeds = before = None  # before: the video's last frame so far
     if resume is not None:
         resume.check(stream_cfg)
         made, first, anchor = resume.made, resume.next_index, resume.anchor
+        before = resume.cond_frames[-1]
         # The chunks still needed after the frames the state holds (a video's own state
         # ends on the chunk grid: then this is chunk_count's total).
         missing = max(0, request.num_frames - made - len(resume.pending))
@@ -347,6 +357,11 @@ def stream(
             context = contexts[min(index, 1)]
             decoded = generate_chunk(models, request, index, context, cond, embeds, progress)
             frames = fhwc_from_cfhw(decoded[0])  # (F_new, H, W, 3)
+            tries, attempt = [], 0
+            if guard is not None and index > 0:
+                frames, tries, attempt = _guarded(
+                    models, request, index, (context, cond, embeds), frames, before, guard
+                )
             if index == 0:
                 anchor = frames[0].copy()
                 if total > 1:
@@ -360,11 +375,43 @@ def stream(
             index=index,
             start=made,
             frames=frames[:keep],
-            seed=chunk_seed(request.seed, index),
+            seed=chunk_seed(request.seed, index, attempt),
             seconds=time.perf_counter() - started,
             state=after,
+            tries=tries,
         )
         made += keep
+        before = frames[-1]
+
+
+def _guarded(
+    models: ChunkModels,
+    request: Request,
+    index: int,
+    inputs: tuple,
+    frames: np.ndarray,
+    before: np.ndarray,
+    guard: DriftGuard,
+) -> tuple[np.ndarray, list[dict], int]:
+    """The drift guard on streaming chunk ``index`` (first sample: ``frames``): its kept
+    frames, every try's seed and measurements, and the attempt kept."""
+    if models.embed_frames is None:
+        raise UsageError("the drift guard needs the model's image encoder")
+    context, cond, embeds = inputs
+    tries, best = [], None
+    for attempt in range(guard.tries):
+        if attempt:
+            decoded = generate_chunk(models, request, index, context, cond, embeds, False, attempt)
+            frames = fhwc_from_cfhw(decoded[0])
+        embedded = models.embed_frames(fold(models.to_model_frames(frames, request.size)))
+        scores = chunk_scores(frames, before, embedded, embeds[1])
+        tries.append({"seed": chunk_seed(request.seed, index, attempt), **scores})
+        excess = guard.excess(scores)
+        if best is None or excess < best[0]:
+            best = (excess, attempt, frames)
+        if excess <= 1:
+            break
+    return best[2], tries, best[1]
 
 
 def stream_timeline(
@@ -373,6 +420,7 @@ def stream_timeline(
     timeline: Timeline,
     progress: bool = False,
     resume: StreamState | None = None,
+    guard: DriftGuard | None = None,
 ) -> Iterator[VideoChunk]:
     """Yield a prompt timeline's video chunk by chunk (``timeline.py``): each segment is the
     stream of ``request`` with the segment's prompt and settings, continued from the state
@@ -387,7 +435,8 @@ def stream_timeline(
             continue
         if state is not None and timeline.anchor == "reanchor" and state.made == start:
             state = dataclasses.replace(state, anchor=state.cond_frames[-1].copy())
-        for chunk in stream(models, segment_request(request, segment, end), progress, state):
+        part = segment_request(request, segment, end)
+        for chunk in stream(models, part, progress, state, guard):
             yield chunk
             state = chunk.state
         start = end
