@@ -40,6 +40,7 @@ from .config import (
     config_to_dict,
     read_json,
 )
+from .drift import DriftGuard
 from .layout import bcfhw_from_fhwc, fold, unfold
 from .models.apm import AppearancePreservationModule
 from .models.cam import ConditionalAttentionModule, check_frame_encoder_matches
@@ -446,6 +447,7 @@ class StreamingT2VPipeline(OnDevice):
         method: str = "streamingt2v",
         progress: bool = False,
         resume: StreamState | None = None,
+        guard: DriftGuard | None = None,
     ) -> Iterator[VideoChunk]:
         """Yield chunks of new frames as they are made (constant memory in the video length).
 
@@ -467,6 +469,8 @@ class StreamingT2VPipeline(OnDevice):
                 ``StreamState.load``, or ``streaming.state_at`` to branch from chunk k):
                 the frames from ``resume.made`` on, exactly as an uninterrupted stream
                 with these settings makes them.
+            guard: re-sample streaming chunks that drift or cut (``drift.DriftGuard``);
+                each chunk's tries are in ``chunk.tries``.
         """
         request = self.request(
             prompt,
@@ -482,7 +486,7 @@ class StreamingT2VPipeline(OnDevice):
             width=width,
             method=method,
         )
-        return stream(self.chunk_models(), request, progress=progress, resume=resume)
+        return stream(self.chunk_models(), request, progress, resume, guard)
 
     def stream_timeline(
         self,
@@ -490,6 +494,7 @@ class StreamingT2VPipeline(OnDevice):
         *,
         progress: bool = False,
         resume: StreamState | None = None,
+        guard: DriftGuard | None = None,
         **settings: Any,
     ) -> Iterator[VideoChunk]:
         """Yield a prompt timeline's video chunk by chunk (``timeline.Timeline``: segments of
@@ -497,7 +502,7 @@ class StreamingT2VPipeline(OnDevice):
         prompt if given). ``settings``: ``request``'s keyword arguments (seed, steps, ...),
         the defaults of every segment. ``resume``: as in ``stream``."""
         request = self.request(timeline.segments[0].prompt, timeline.num_frames, **settings)
-        return stream_timeline(self.chunk_models(), request, timeline, progress, resume)
+        return stream_timeline(self.chunk_models(), request, timeline, progress, resume, guard)
 
     def __call__(
         self,
