@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -143,3 +144,30 @@ def test_resume_of_a_finished_run_is_refused(tiny_model_dir, tmp_path, capsys):
     assert main([*_common(tiny_model_dir, out, frames=16), "--resume"]) == 2
     assert "already has 16 frames" in capsys.readouterr().err
     assert len(read_video(out)) == 16
+
+
+def test_bad_states_and_videos_to_continue_are_refused_by_name(tiny_model_dir, tmp_path, capsys):
+    """A truncated state file, a state of another model, a file to extend that is no video:
+    each one message, exit 2, the existing files unchanged."""
+    out = tmp_path / "run"
+    assert main(_common(tiny_model_dir, out, frames=16)) == 0
+    state = tmp_path / "run.state.safetensors"
+    whole_state = state.read_bytes()
+    state.write_bytes(whole_state[: len(whole_state) // 2])
+    assert main([*_common(tiny_model_dir, out), "--resume"]) == 2
+    assert "not a stream state file" in capsys.readouterr().err
+    state.write_bytes(whole_state)
+    other = tmp_path / "other_model"
+    shutil.copytree(tiny_model_dir, other)
+    (other / "pipeline_config.json").write_text(
+        (other / "pipeline_config.json").read_text().replace('"fps": 8', '"fps": 9')
+    )
+    args = _common(other, out)
+    assert main([*args, "--resume"]) == 2
+    assert "the model's files: ['pipeline_config.json']" in capsys.readouterr().err
+    not_video = tmp_path / "notes.mp4"
+    not_video.write_text("not a video")
+    assert main([*_common(tiny_model_dir, tmp_path / "x"), "--extend", str(not_video)]) == 2
+    assert "not a readable video" in capsys.readouterr().err
+    assert len(read_video(out)) == 16 and state.read_bytes() == whole_state
+    assert not (tmp_path / "x").exists()
