@@ -80,7 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"streamingt2v {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    for add in (_add_generate, _add_extend, _add_enhance, _add_eval, _add_train, _add_convert):
+    for add in (
+        _add_generate,
+        _add_extend,
+        _add_enhance,
+        _add_eval,
+        _add_train,
+        _add_convert,
+        _add_ui,
+    ):
         add(sub)
     return parser
 
@@ -123,6 +131,40 @@ def _add_enhance(sub) -> None:
         else "required: the embedded default has no enhancer"
     )
     add_options(enh, EnhanceFileConfig, enhancer_default=enhancer_default)
+
+
+def _add_ui(sub) -> None:
+    ui = sub.add_parser(
+        "ui",
+        help="a local web app: prompt, live preview, stop, runs",
+        description=(
+            "Start the web app (Gradio) on one loaded model: type a prompt or a prompt "
+            "timeline, see the plan, watch each chunk as it is made, stop and download; "
+            "resume, extend or branch the runs in --out-dir. One generation at a time, the "
+            "others queued. Binds to 127.0.0.1 unless --host says otherwise; on a remote GPU "
+            "machine, reach it through an SSH tunnel (ssh -L 7860:127.0.0.1:7860 HOST)."
+        ),
+    )
+    ui.add_argument("--model", type=Path, default=None, help="default: the embedded default")
+    ui.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    ui.add_argument("--port", type=parse_int, default=7860, help="default: 7860")
+    ui.add_argument(
+        "--out-dir", type=Path, default=Path("streamingt2v-runs"),
+        help="folder of the videos (default: ./streamingt2v-runs)",
+    )  # fmt: skip
+    ui.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
+
+
+def _ui(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:
+        raise UsageError("the web app needs Gradio: pip install 'streamingt2v[ui]'")
+    from .ui import serve
+
+    print(f"streamingt2v: serving on http://{args.host}:{args.port} (Ctrl-C to stop)")
+    serve(args.model, args.out_dir, args.host, args.port, args.device)
+    return 0
 
 
 def _add_extend(sub) -> None:
@@ -377,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
             "train": _train,
             "convert-official": _convert_official,
             "extend": _extend,
+            "ui": _ui,
         }
         if args.command in ("generate", "extend", "enhance"):
             previous_sigterm = _stop_on_sigterm()

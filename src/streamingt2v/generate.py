@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,7 +44,7 @@ from .runtime import (
     resolve_device,
     resolve_model_dir,
 )
-from .streaming import Request, StreamState, state_at, stream, stream_timeline
+from .streaming import Request, StreamState, VideoChunk, state_at, stream, stream_timeline
 from .video_io import iter_video, partial_path, remove_path, run_token
 
 __all__ = [
@@ -68,10 +68,16 @@ class LoadedModels(NamedTuple):
     enhancer: Any  # an Enhancer, or None
 
 
-def generate(config: GenerateConfig, loaded: LoadedModels | None = None) -> GenerateResult:
+def generate(
+    config: GenerateConfig,
+    loaded: LoadedModels | None = None,
+    on_chunk: Callable[[VideoChunk], None] | None = None,
+) -> GenerateResult:
     """Generate ``config.num_frames`` frames into ``config.out`` chunk by chunk (from
     ``config.prompt``, or its prompt timeline). ``loaded``: the run's models, already loaded
-    (``load_models(config)``), for several runs in one process.
+    (``load_models(config)``), for several runs in one process. ``on_chunk``: called with
+    each chunk once its frames are written (and its state saved); a ``Stopped`` it raises
+    stops the run there, keeping the frames written, as Ctrl-C does.
 
     Memory does not grow with the video's length (mp4 and PNG outputs; a gif keeps its
     palette frames until the end), also for a run that starts from an existing video
@@ -138,6 +144,8 @@ def generate(config: GenerateConfig, loaded: LoadedModels | None = None) -> Gene
                 if enhancer is None:  # its frames are written: the state matches the video
                     with writing(state):
                         chunk.state.save(state_tmp, record)
+                if on_chunk is not None:
+                    on_chunk(chunk)
 
         output = frames()
         if enhancer is not None:

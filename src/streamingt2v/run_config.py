@@ -279,24 +279,10 @@ class GenerateConfig(RunOptions):
         setting not given (None) is the one VIDEO was made with, from its manifest
         (VIDEO.json), where it has one; a video without one needs ``prompt``."""
         video = Path(video)
-        manifest_file = video.with_name(video.name + ".json")
-        made = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
-        sample = made.get("sample", {})
-        size = made.get("size") or [None, None]
-        recorded = {
-            "prompt": made.get("prompt"),
-            "seed": made.get("seed"),
-            "model": made.get("model", {}).get("path"),
-            "method": made.get("method"),
-            "fps": made.get("fps"),
-            "height": size[0],
-            "width": size[1],
-            **{name: sample.get(name) for name in SAMPLE_FIELDS},
-        }
-        values = {k: v for k, v in recorded.items() if v is not None}
+        values = recorded_settings(video)
         values |= {k: v for k, v in given.items() if v is not None}
         if "prompt" not in values:
-            raise UsageError(f"{video} has no manifest ({manifest_file.name}): give --prompt")
+            raise UsageError(f"{video} has no manifest ({video.name}.json): give --prompt")
         return cls(num_frames=num_frames, out=out, extend=video, **values)
 
     def guard(self) -> DriftGuard | None:
@@ -323,6 +309,27 @@ class GenerateConfig(RunOptions):
             method=self.method,
             **{name: getattr(self, name) for name in SAMPLE_FIELDS},
         )
+
+
+def recorded_settings(video: Path) -> dict[str, Any]:
+    """The settings ``video`` was made with, by ``GenerateConfig`` field, from its manifest
+    (VIDEO.json; none without one): prompt, seed, model, method, fps, size, sampling."""
+    video = Path(video)
+    manifest_file = video.with_name(video.name + ".json")
+    made = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
+    sample = made.get("sample", {})
+    size = made.get("size") or [None, None]
+    recorded = {
+        "prompt": made.get("prompt"),
+        "seed": made.get("seed"),
+        "model": made.get("model", {}).get("path"),
+        "method": made.get("method"),
+        "fps": made.get("fps"),
+        "height": size[0],
+        "width": size[1],
+        **{name: sample.get(name) for name in SAMPLE_FIELDS},
+    }
+    return {k: v for k, v in recorded.items() if v is not None}
 
 
 @dataclass
