@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from streamingt2v.config import UsageError
 from streamingt2v.video_io import read_video
 
 
@@ -121,6 +122,54 @@ def test_an_empty_prompt_shows_an_error_in_the_page(served, browser):
     before = sorted(p.name for p in Path(out_dir).iterdir())
     _start(tab, "   ", 40)
     message = tab.locator("#message")
-    _wait(tab, lambda: "error: prompt must be a non-empty string" in message.inner_text(), "error message")
+    _wait(
+        tab,
+        lambda: "error: prompt must be a non-empty string" in message.inner_text(),
+        "error message",
+    )
     assert sorted(p.name for p in Path(out_dir).iterdir()) == before
     tab.close()
+
+
+def _until(condition, job, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"job {job.label}: {job.state} {job.error}"
+        time.sleep(0.05)
+
+
+def _finished(app, job, seconds: float = 120):
+    deadline = time.monotonic() + seconds
+    while job.state in ("queued", "running"):
+        assert time.monotonic() < deadline, f"job {job.label} did not end"
+        time.sleep(0.1)
+    assert job.state in ("done", "stopped"), job.error
+    return job
+
+
+def test_runs_are_resumed_extended_and_branched_from_the_app(tiny_model_dir, tmp_path):
+    """The Runs tab's actions (the app's methods, without the page): a stopped run resumed to
+    its frames, a run extended, a run branched; all into the output folder."""
+    from streamingt2v.ui import App
+
+    app = App(tiny_model_dir, tmp_path / "runs", device="cpu")
+    first = _finished(app, app.start("a red circle moving right", "", 40, 3, 2, 7.5, 7.5, True))
+    name = first.result.video.name
+    assert app.runs() == [name] and app.manifest(name)["frames"] == 40
+    longer = _finished(app, app.extend(name, 56))
+    assert longer.result.frames == 56 and longer.result.video.parent == app.out_dir
+    branch = _finished(app, app.branch(name, 2, 9))
+    assert branch.result.frames == 40 and app.manifest(branch.result.video.name)["seed"] == 9
+    stopped = app.start("a blue square", "", 4000, 1, 2, 7.5, 7.5, True)
+    _until(lambda: stopped.frames_done >= 24 or stopped.state != "running", stopped)
+    app.queue.stop(stopped.id)
+    _finished(app, stopped)
+    resumed = app.resume(stopped.result.video.name)
+    # a chunk past where it stopped
+    _until(lambda: resumed.frames_done > stopped.result.frames or resumed.error, resumed)
+    app.queue.stop(resumed.id)
+    _finished(app, resumed)
+    manifest = app.manifest(stopped.result.video.name)
+    assert manifest["resumed_from_frame"] == stopped.result.frames
+    with pytest.raises(UsageError, match="no run"):
+        app.extend("../outside.mp4", 80)
