@@ -161,7 +161,7 @@ def test_runs_are_resumed_extended_and_branched_from_the_app(tiny_model_dir, tmp
     branch = _finished(app, app.branch(name, 2, 9))
     assert branch.result.frames == 40 and app.manifest(branch.result.video.name)["seed"] == 9
     stopped = app.start("a blue square", "", 4000, 1, 2, 7.5, 7.5, True)
-    _until(lambda: stopped.frames_done >= 24 or stopped.state != "running", stopped)
+    _until(lambda: stopped.frames_done >= 24 or stopped.state in ("done", "failed"), stopped)
     app.queue.stop(stopped.id)
     _finished(app, stopped)
     resumed = app.resume(stopped.result.video.name)
