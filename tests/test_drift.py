@@ -70,5 +70,5 @@ def test_generate_records_every_try_in_the_manifest(tiny_model_dir, tmp_path):
             "--drift-max-distance", "1e-9"]  # fmt: skip
     assert main(args) == 0
     manifest = json.loads((tmp_path / "v.json").read_text())
-    assert manifest["drift_guard"] == {"tries": 2, "max_anchor_distance": 1e-9, "max_jump": 3.0}
+    assert manifest["drift_guard"] == {"tries": 2, "max_anchor_distance": 1e-9, "max_jump": 5.3}
     assert "tries" not in manifest["chunks"][0] and len(manifest["chunks"][1]["tries"]) == 2

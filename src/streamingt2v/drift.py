@@ -31,8 +31,11 @@ if TYPE_CHECKING:  # torch is imported on use: the CLI's settings load without i
 @dataclass(frozen=True)
 class DriftGuard:
     tries: int = 3  # samples of a chunk at most (1: measure only)
-    max_anchor_distance: float = 0.1
-    max_jump: float = 3.0
+    # The defaults: the 80th percentiles of the embedded default's streaming chunks on
+    # calibration prompts (``benchmarks/paper/drift_guard.py calibrate``); the distance's
+    # scale is the image encoder's, so other models want their own.
+    max_anchor_distance: float = 0.4
+    max_jump: float = 5.3
 
     def __post_init__(self) -> None:
         if isinstance(self.tries, bool) or not isinstance(self.tries, int) or self.tries < 1:

@@ -200,12 +200,14 @@ class GenerateConfig(RunOptions):
         "--drift-max-jump); every try is in the manifest",
     )
     drift_max_distance: float = option(
-        0.1, "the drift guard's limit on the image-embedding distance to the anchor"
+        0.4,
+        "the drift guard's limit on the image-embedding distance to the anchor (default: "
+        "0.4, calibrated on the embedded default; its scale is the model's image encoder's)",
     )
     drift_max_jump: float = option(
-        3.0,
+        5.3,
         "the drift guard's limit on the change across a chunk boundary, over the chunk's own "
-        "frame-to-frame change",
+        "frame-to-frame change (default: 5.3, calibrated on the embedded default)",
     )
     prompts: Path | None = option(
         None,
