@@ -66,10 +66,14 @@ def _wait(tab, condition, what: str, seconds: float = 60) -> None:
         time.sleep(0.2)
 
 
-def _start(tab, prompt: str, frames: int) -> None:
+def _fill(tab, prompt: str, frames: int) -> None:
     tab.locator("#prompt textarea").fill(prompt)
     tab.locator("#frames input").fill(str(frames))
     tab.locator("#steps input").fill("2")
+
+
+def _start(tab, prompt: str, frames: int) -> None:
+    _fill(tab, prompt, frames)
     tab.locator("#start").click()
 
 
@@ -77,7 +81,11 @@ def test_preview_stop_and_download_the_partial_video(served, browser, tmp_path):
     url, out_dir = served
     tab = browser.new_page(viewport={"width": 1280, "height": 900})
     tab.goto(url)
-    _start(tab, "a red circle moving right", 4000)
+    _fill(tab, "a red circle moving right", 4000)
+    tab.get_by_role("button", name="Plan").click()
+    plan = tab.locator("#plan")
+    _wait(tab, lambda: "predicted time" in plan.inner_text(), "plan")
+    tab.locator("#start").click()
     _wait(tab, lambda: tab.locator("#preview img").count() > 0, "chunk preview")
     assert "making 'a red circle moving right'" in _status(tab)  # the run goes on
     if os.environ.get("STREAMINGT2V_SCREENSHOT"):

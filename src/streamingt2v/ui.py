@@ -217,7 +217,7 @@ def build(app: App):
 
     def plan(*args):
         try:
-            return app.plan(*args)
+            return f"```\n{app.plan(*args)}\n```"
         except UsageError as err:
             return f"error: {err}"
 
