@@ -181,3 +181,11 @@ def test_runs_are_resumed_extended_and_branched_from_the_app(tiny_model_dir, tmp
     assert manifest["resumed_from_frame"] == stopped.result.frames
     with pytest.raises(UsageError, match="no run"):
         app.extend("../outside.mp4", 80)
+    timeline = {"segments": [{"prompt": "a red circle", "frames": 16},
+                             {"prompt": "a blue circle", "frames": 8}]}  # fmt: skip
+    made = _finished(app, app.start("", json.dumps(timeline), None, 0, 2, 7.5, 7.5, True))
+    assert app.manifest(made.result.video.name)["timeline"]["segments"][1]["frames"] == 8
+    with pytest.raises(UsageError, match="not JSON"):
+        app.start("", "{segments", None, 0, 2, 7.5, 7.5, True)
+    with pytest.raises(UsageError, match="not both"):
+        app.start("a red circle", json.dumps(timeline), None, 0, 2, 7.5, 7.5, True)
