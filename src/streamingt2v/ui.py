@@ -54,10 +54,10 @@ class App:
         values.setdefault("out", self.queue.new_output())
         return GenerateConfig(model=self.model, device=self.device, progress=False, **values)
 
-    def start(self, prompt: str, timeline: str, frames: float | None, seed: float | None,
-              steps: float | None, guidance: float | None, stream_guidance: float | None,
-              enhance: bool) -> Job:  # fmt: skip
-        """Queue a run from the page's fields (numbers come as floats, blanks as None)."""
+    def page_config(self, prompt: str, timeline: str, frames: float | None,
+                    seed: float | None, steps: float | None, guidance: float | None,
+                    stream_guidance: float | None, enhance: bool) -> GenerateConfig:  # fmt: skip
+        """A run from the page's fields (numbers come as floats, blanks as None)."""
         values = dict(
             num_frames=_int(frames, "frames"),
             seed=_int(seed, "seed"),
@@ -70,31 +70,21 @@ class App:
             if prompt and prompt.strip():
                 raise UsageError("give a prompt or a timeline, not both")
             values["timeline"] = self._timeline_file(timeline)
-            label = "timeline"
         else:
             values["prompt"] = prompt or ""
-            label = (prompt or "").strip()
-        config = self.config(**values)
-        return self.queue.submit(config, label)
+        return self.config(**values)
 
-    def plan(self, prompt: str, timeline: str, frames, seed, steps, guidance, stream_guidance,
-             enhance) -> str:  # fmt: skip
+    def start(self, *fields: Any) -> Job:
+        """Queue a run from the page's fields (``page_config``'s)."""
+        config = self.page_config(*fields)
+        return self.queue.submit(config, "timeline" if config.timeline else config.prompt.strip())
+
+    def plan(self, *fields: Any) -> str:
+        """The predicted time and memory of a run from the page's fields."""
         from .generate import plan_run
         from .plan import format_plan
 
-        values = dict(
-            num_frames=_int(frames, "frames"),
-            seed=_int(seed, "seed"),
-            steps=_int(steps, "steps"),
-            guidance=guidance,
-            stream_guidance=stream_guidance,
-            enhance=enhance,
-        )
-        if timeline and timeline.strip():
-            values["timeline"] = self._timeline_file(timeline)
-        else:
-            values["prompt"] = prompt or ""
-        return format_plan(plan_run(self.config(**values)))
+        return format_plan(plan_run(self.page_config(*fields)))
 
     def _timeline_file(self, text: str) -> Path:
         """The timeline typed in the page, checked and kept in the folder."""
