@@ -7,7 +7,8 @@ shapes-world object covers ~4% of the frame, and a cut that swaps only the objec
 background) stays under the default floor. Calibrated on rendered ground truth before any
 model was compared (``python benchmarks/research/diagnostics.py scuts``): cuts between two world
 videos with the same background found in 0/8 at 15 and 7/8 at 2; no false cut in 8 smooth
-videos at either. Frames are upscaled to at least
+videos at either (the same again after the mp4 writer moved to x264 without lookahead,
+written as MPEG-TS and remuxed). Frames are upscaled to at least
 128 pixels first: the detector's statistics are unstable on 32-pixel frames.
 """
 
