@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_eval,
         _add_train,
         _add_convert,
+        _add_convert_msvid2vid,
         _add_ui,
     ):
         add(sub)
@@ -279,6 +280,60 @@ def _add_convert(sub) -> None:
     )
 
 
+def _add_convert_msvid2vid(sub) -> None:
+    conv = sub.add_parser(
+        "convert-msvid2vid",
+        help="convert the paper's enhancer (MS-Vid2Vid-XL) into an enhancer folder",
+        description=(
+            "Turn MS-Vid2Vid-XL's released files (its UNet, Stable Diffusion 2.1's checkpoint "
+            "for the VAE, OpenCLIP ViT-H-14 for the text tower) into a safetensors enhancer "
+            "folder with the authors' inference settings as its defaults (frames fit into "
+            "720x1280 and padded, SDEdit from t=599, DPM-Solver++ 2M SDE 30 steps, guidance "
+            "7.5 with rescale 0.2, chunks of 24 overlapping by 8). Every file is read with "
+            "weights_only=True. Use it with `streamingt2v enhance --model OUT` or place it as "
+            "enhancer/ in a pipeline folder."
+        ),
+    )
+    conv.add_argument("unet", type=Path, help="non_ema_0035000.pth")
+    conv.add_argument("out", type=Path, help="new enhancer folder (must not exist)")
+    conv.add_argument(
+        "--vae", type=Path, required=True, help="v2-1_512-ema-pruned.ckpt (Stable Diffusion 2.1)"
+    )
+    conv.add_argument(
+        "--text-encoder", type=Path, required=True, help="open_clip_pytorch_model.bin"
+    )
+    conv.add_argument(
+        "--tokenizer",
+        type=Path,
+        required=True,
+        help="a CLIP tokenizer folder with OpenCLIP's vocabulary, e.g. a ModelScope T2V "
+        "folder's tokenizer/",
+    )
+    conv.add_argument(
+        "--dtype",
+        default="float16",
+        choices=["float16", "bfloat16", "float32"],
+        help="precision of the converted weights (default: float16, as the authors run it)",
+    )
+
+
+def _convert_msvid2vid(args: argparse.Namespace) -> int:
+    import torch
+
+    from .convert_enhancer import convert_msvid2vid
+
+    counts = convert_msvid2vid(
+        args.unet,
+        args.vae,
+        args.text_encoder,
+        args.tokenizer,
+        args.out,
+        dtype=getattr(torch, args.dtype),
+    )
+    print(f"wrote {args.out}: " + ", ".join(f"{k} {v} tensors" for k, v in counts.items()))
+    return 0
+
+
 def _convert_official(args: argparse.Namespace) -> int:
     import torch
 
@@ -418,6 +473,7 @@ def main(argv: list[str] | None = None) -> int:
             "eval": _eval,
             "train": _train,
             "convert-official": _convert_official,
+            "convert-msvid2vid": _convert_msvid2vid,
             "extend": _extend,
             "ui": _ui,
         }

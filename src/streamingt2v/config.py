@@ -20,6 +20,7 @@ SCHEDULERS = ("ddim", "dpm")
 CAM_MERGES = ("attention", "add", "concat")
 # The enhancer's blending modes (``blending``): the paper's B, B+S and randomized blending.
 MODES = ("independent", "shared-noise", "randomized")
+ENHANCE_SAMPLERS = ("ddim", "dpmpp-2m-sde")
 
 
 class UsageError(ValueError):
@@ -223,15 +224,28 @@ class EnhanceConfig:
     chunk: int = 24
     overlap: int = 8
     strength: float = 0.6  # SDEdit noise level as a fraction of the training timesteps
-    steps: int = 30  # sampler steps over the whole [0, 1000) range; strength of them run
+    # ddim: steps over the whole [0, 1000) range, strength of them run; dpmpp-2m-sde:
+    # steps run from t = strength * 1000 (MS-Vid2Vid-XL's sampler, 30 from t = 599).
+    steps: int = 30
     guidance: float = 7.5
     mode: str = "randomized"
     seed: int = 0
     eta: float = 0.0  # DDIM eta; > 0 draws per-frame step noise from (seed, frame, step)
+    # ENHANCE_SAMPLERS: DDIM (ours), or DPM-Solver++(2M) SDE on MS-Vid2Vid-XL's grid.
+    sampler: str = "ddim"
+    # CFG rescale (Lin et al. 2023): the guided output's std pulled towards the prompt's by
+    # this fraction (MS-Vid2Vid-XL: 0.2); 0 is plain guidance.
+    guidance_rescale: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise UsageError(f"unknown mode {self.mode!r}; choose one of {MODES}")
+        if self.sampler not in ENHANCE_SAMPLERS:
+            raise UsageError(
+                f"unknown enhance sampler {self.sampler!r}; choose one of {ENHANCE_SAMPLERS}"
+            )
+        if not 0 <= self.guidance_rescale <= 1:
+            raise UsageError(f"guidance_rescale must be in [0, 1], got {self.guidance_rescale}")
         if not 0 < self.strength <= 1:
             raise UsageError(f"strength must be in (0, 1], got {self.strength}")
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:

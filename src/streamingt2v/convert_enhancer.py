@@ -30,10 +30,29 @@ LDM naming), converted by diffusers' own LDM-VAE conversion (``convert_sd_vae``)
 
 from __future__ import annotations
 
+import json
 import math
 import re
+import shutil
+import tempfile
+from pathlib import Path
 
 import torch
+
+from .config import EnhanceConfig, ModelLoadError, UsageError
+from .models.weights import libraries_quiet
+
+# MS-Vid2Vid-XL's inference settings in the authors' code (``video_to_video_model.py``).
+MSVID2VID_SETTINGS = EnhanceConfig(
+    chunk=24,
+    overlap=8,
+    strength=0.6,  # total_noise_levels 600: SDEdit from t = 599
+    steps=30,  # solver_mode "fast"
+    guidance=7.5,
+    guidance_rescale=0.2,
+    sampler="dpmpp-2m-sde",
+    mode="randomized",
+)
 
 RESNET_PARTS = {
     "in_layers.0": "norm1",
@@ -197,3 +216,261 @@ def msvid2vid_scheduler_config() -> dict:
         "clip_sample": False,
         "set_alpha_to_one": False,
     }
+
+
+# OpenCLIP's text transformer -> transformers' CLIPTextModel (per residual block).
+OPEN_CLIP_BLOCK = {
+    "ln_1": "layer_norm1",
+    "attn.out_proj": "self_attn.out_proj",
+    "ln_2": "layer_norm2",
+    "mlp.c_fc": "mlp.fc1",
+    "mlp.c_proj": "mlp.fc2",
+}
+OPEN_CLIP_PREFIXES = ("cond_stage_model.model.", "model.")  # an SD checkpoint's, a wrapper's
+# Parts of an OpenCLIP file the text encoder does not use, with the reason.
+OPEN_CLIP_UNUSED = {
+    "visual.": "the image tower",
+    "text_projection": "the text projection (the UNet reads the token states)",
+    "logit_scale": "the contrastive temperature",
+    "attn_mask": "the causal mask (CLIPTextModel builds its own)",
+}
+
+
+def _open_clip_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The text tower's keys without the prefix an SD checkpoint or a wrapper puts on them."""
+    for prefix in OPEN_CLIP_PREFIXES:
+        if f"{prefix}token_embedding.weight" in state:
+            return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    return state
+
+
+def open_clip_text_config(state: dict[str, torch.Tensor], head_dim: int = 64) -> dict:
+    """A ``CLIPTextConfig`` (as a dict) for an OpenCLIP text tower read with the penultimate
+    layer's output (as ModelScope and MS-Vid2Vid-XL read ViT-H-14's: its 24 blocks but the
+    last, then ``ln_final``): one layer fewer than the file has."""
+    state = _open_clip_keys(state)
+    vocab, width = state["token_embedding.weight"].shape
+    blocks = {int(m[1]) for k in state if (m := re.match(r"transformer\.resblocks\.(\d+)\.", k))}
+    return {
+        "vocab_size": int(vocab),
+        "hidden_size": int(width),
+        "intermediate_size": int(state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0]),
+        "num_hidden_layers": len(blocks) - 1,
+        "num_attention_heads": int(width) // head_dim,
+        "max_position_embeddings": int(state["positional_embedding"].shape[0]),
+        "hidden_act": "gelu",  # OpenCLIP's exact GELU (not CLIP's quick_gelu)
+        "layer_norm_eps": 1e-5,
+        "projection_dim": int(width),
+    }
+
+
+def convert_open_clip_text(
+    state: dict[str, torch.Tensor], expected: dict[str, torch.Size]
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """An OpenCLIP text tower (``open_clip_pytorch_model.bin``, or an SD checkpoint's
+    ``cond_stage_model.model.*``) in ``CLIPTextModel`` naming, the last block left out (the
+    penultimate layer's output goes through ``ln_final``), and the problems found against
+    ``expected``: unknown, missing and mis-shaped keys, named. Each fused attention input
+    projection (``in_proj``, q-k-v stacked) is split into three."""
+    state = _open_clip_keys(state)
+    last = max(int(m[1]) for k in state if (m := re.match(r"transformer\.resblocks\.(\d+)\.", k)))
+    # transformers names the model's tensors with or without ``text_model.`` (by version)
+    top = "text_model." if any(k.startswith("text_model.") for k in expected) else ""
+    converted, problems = {}, []
+    for key, tensor in state.items():
+        if key.startswith(tuple(OPEN_CLIP_UNUSED)):
+            continue
+        if key == "token_embedding.weight":
+            converted[f"{top}embeddings.token_embedding.weight"] = tensor
+        elif key == "positional_embedding":
+            converted[f"{top}embeddings.position_embedding.weight"] = tensor
+        elif m := re.fullmatch(r"ln_final\.(weight|bias)", key):
+            converted[f"{top}final_layer_norm.{m[1]}"] = tensor
+        elif m := re.fullmatch(r"transformer\.resblocks\.(\d+)\.(.+)\.(weight|bias)", key):
+            block, part, kind = int(m[1]), m[2], m[3]
+            if block == last:
+                continue  # the last block: its output is never read
+            layer = f"{top}encoder.layers.{block}."
+            if part in OPEN_CLIP_BLOCK:
+                converted[f"{layer}{OPEN_CLIP_BLOCK[part]}.{kind}"] = tensor
+            else:
+                problems.append(f"unknown key {key}")
+        elif m := re.fullmatch(r"transformer\.resblocks\.(\d+)\.attn\.in_proj_(weight|bias)", key):
+            if int(m[1]) == last:
+                continue
+            layer = f"{top}encoder.layers.{m[1]}.self_attn."
+            for name, part in zip("qkv", tensor.chunk(3), strict=True):
+                converted[f"{layer}{name}_proj.{m[2]}"] = part
+        else:
+            problems.append(f"unknown key {key}")
+    missing = sorted(set(expected) - set(converted))
+    if missing:
+        problems.append(f"missing {len(missing)} keys, e.g. {missing[:5]}")
+    wrong = [k for k in set(converted) & set(expected) if converted[k].shape != expected[k]]
+    if wrong:
+        problems.append(f"wrong shapes: {len(wrong)} keys, e.g. {sorted(wrong)[:5]}")
+    return converted, problems
+
+
+def msvid2vid_unet_config(state: dict[str, torch.Tensor]) -> dict:
+    """diffusers ``UNet3DConditionModel`` config of an MS-Vid2Vid-XL UNet file: ModelScope's
+    architecture (2 resnets per level, cross-attention on every level but the last), its
+    widths, channels, text width and head width read from the tensors (320-640-1280-1280,
+    4, 1024 and 64 in the real file; the head width from the input temporal transformer,
+    which has 8 heads in diffusers' UNet3D)."""
+    levels = 1 + sum(1 for k in state if re.fullmatch(r"input_blocks\.\d+\.op\.weight", k))
+    widths = [
+        int(state[f"input_blocks.{3 * level + 1}.0.out_layers.3.weight"].shape[0])
+        for level in range(levels)
+    ]
+    return {
+        "sample_size": 32,
+        "in_channels": int(state["input_blocks.0.0.weight"].shape[1]),
+        "out_channels": int(state["out.2.weight"].shape[0]),
+        "down_block_types": ["CrossAttnDownBlock3D"] * (levels - 1) + ["DownBlock3D"],
+        "up_block_types": ["UpBlock3D"] + ["CrossAttnUpBlock3D"] * (levels - 1),
+        "block_out_channels": widths,
+        "layers_per_block": LAYERS,
+        "cross_attention_dim": int(
+            state["input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"].shape[1]
+        ),
+        "attention_head_dim": int(state["input_blocks.0.1.proj_in.weight"].shape[0]) // 8,
+        "norm_num_groups": 32,
+    }
+
+
+def sd_vae_config(state: dict[str, torch.Tensor]) -> dict:
+    """``SD_VAE_CONFIG`` with the widths and depth read from an LDM VAE's tensors (a smaller
+    VAE in the same format converts too)."""
+    vae = {k.removeprefix("first_stage_model."): v for k, v in state.items()}
+    levels = 1 + max(int(m[1]) for k in vae if (m := re.match(r"encoder\.down\.(\d+)\.", k)))
+    blocks = {int(m[1]) for k in vae if (m := re.match(r"encoder\.down\.0\.block\.(\d+)\.", k))}
+    widths = [int(vae[f"encoder.down.{i}.block.0.conv2.weight"].shape[0]) for i in range(levels)]
+    return dict(
+        SD_VAE_CONFIG,
+        down_block_types=["DownEncoderBlock2D"] * levels,
+        up_block_types=["UpDecoderBlock2D"] * levels,
+        block_out_channels=widths,
+        layers_per_block=len(blocks),
+        latent_channels=int(vae["quant_conv.weight"].shape[0]) // 2,
+    )
+
+
+def _check(what: str, problems: list[str]) -> None:
+    if problems:
+        raise ModelLoadError(
+            f"{what} does not match its expected layout:\n  " + "\n  ".join(problems)
+        )
+
+
+def _load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype):
+    """``module`` holding ``state`` (its keys checked already), strictly, in ``dtype``."""
+    module.load_state_dict(state, strict=True)
+    return module.to(dtype)
+
+
+def convert_msvid2vid(
+    unet_file: Path,
+    vae_file: Path,
+    text_file: Path,
+    tokenizer: Path,
+    out: Path,
+    dtype: torch.dtype = torch.float16,
+    size: tuple[int, int] = (720, 1280),
+    max_shard_bytes: int = 2 * 1024**3,
+) -> dict[str, int]:
+    """Write the enhancer folder ``out`` (``enhancer.Enhancer.from_pretrained`` loads it) of
+    the paper's enhancer as the authors run it: MS-Vid2Vid-XL's UNet (``non_ema_0035000.pth``)
+    with its padding, Stable Diffusion 2.1's VAE (``v2-1_512-ema-pruned.ckpt``), OpenCLIP
+    ViT-H-14's text tower (``open_clip_pytorch_model.bin``) with ``tokenizer`` (a CLIP
+    tokenizer folder, e.g. ModelScope T2V's ``tokenizer/``; it pads with "!" as OpenCLIP),
+    its noise schedule, and their inference settings as the folder's defaults: frames fit
+    into ``size`` and padded with black, bicubic resizing, SDEdit from t = 599, DPM-Solver++
+    (2M) SDE 30 steps, guidance 7.5 with rescale 0.2, chunks of 24 overlapping by 8,
+    randomized blending, the caption ``prompt + ", "``. Every file is read with
+    ``weights_only=True`` and every key is routed or the conversion stops naming it.
+    Returns the tensors written per part."""
+    from diffusers import AutoencoderKL, UNet3DConditionModel
+    from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel
+
+    from .convert import _meta, _write_unet, open_checkpoint
+    from .enhancer import CONFIG_FILE, EnhancerConfig
+
+    out = Path(out)
+    if out.exists():
+        raise UsageError(f"{out} exists; choose a new folder (nothing was written)")
+    for path in (unet_file, vae_file, text_file):
+        if not Path(path).is_file():
+            raise UsageError(f"file not found: {path}")
+    try:
+        tok = AutoTokenizer.from_pretrained(tokenizer)
+    except Exception as err:
+        raise UsageError(f"cannot load the tokenizer {tokenizer}: {err}") from err
+    if tok.convert_ids_to_tokens(0) != "!":
+        raise UsageError(
+            f"{tokenizer} is not OpenCLIP's vocabulary (its token 0 is "
+            f"{tok.convert_ids_to_tokens(0)!r}, OpenCLIP's is '!')"
+        )
+    tok.pad_token = "!"  # OpenCLIP pads with token 0
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    counts = {}
+    try:
+        state = open_checkpoint(Path(unet_file))
+        config = msvid2vid_unet_config(state)
+        unet = _meta(lambda: UNet3DConditionModel(**config))
+        expected = {k: v.shape for k, v in unet.state_dict().items()}
+        converted, problems = convert_msvid2vid_unet(state, expected)
+        _check(f"{unet_file} (MS-Vid2Vid-XL UNet)", problems)
+        _write_unet(tmp / "unet", unet, list(converted.items()), dtype, max_shard_bytes)
+        counts["unet"] = len(converted)
+        del state, converted
+
+        state = open_checkpoint(Path(vae_file))
+        vae_config = sd_vae_config(state)
+        vae = AutoencoderKL(**vae_config)
+        converted, problems = convert_sd_vae(
+            state, {k: v.shape for k, v in vae.state_dict().items()}
+        )
+        _check(f"{vae_file} (Stable Diffusion VAE)", problems)
+        with libraries_quiet():
+            _load_into(vae, converted, dtype).save_pretrained(tmp / "vae")
+        counts["vae"] = len(converted)
+        del state, converted
+
+        state = open_checkpoint(Path(text_file))
+        text_config = CLIPTextConfig(
+            **open_clip_text_config(state),
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=0,
+        )
+        text = CLIPTextModel(text_config)
+        expected = {k: v.shape for k, v in text.state_dict().items()}
+        converted, problems = convert_open_clip_text(state, expected)
+        _check(f"{text_file} (OpenCLIP text tower)", problems)
+        with libraries_quiet():
+            _load_into(text, converted, dtype).save_pretrained(tmp / "text_encoder")
+        tok.save_pretrained(tmp / "tokenizer")
+        counts["text_encoder"] = len(converted)
+        del state, converted
+
+        (tmp / "scheduler").mkdir()
+        (tmp / "scheduler" / "scheduler_config.json").write_text(
+            json.dumps(msvid2vid_scheduler_config(), indent=2) + "\n"
+        )
+        settings = EnhancerConfig(
+            size=tuple(size),
+            defaults=MSVID2VID_SETTINGS,
+            fit="pad",
+            resample="bicubic",
+            prompt_suffix=", ",
+            msvid2vid_padding=True,
+        )
+        (tmp / CONFIG_FILE).write_text(json.dumps(settings.to_dict(), indent=2) + "\n")
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return counts

@@ -22,6 +22,7 @@ UNet says which it is (``in_channels``); everything else is the same.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
@@ -30,19 +31,23 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import AutoencoderKL, UNet3DConditionModel
+from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
 from .config import EnhanceConfig, ModelLoadError, UsageError, read_json
 from .layout import fchw_from_fhwc, fhwc_from_cfhw, hwc_from_chw
 from .models.encoders import TextEncoder
+from .models.unet import check_msvid2vid_size, use_msvid2vid_padding
 from .models.vae import decode_frames, encode_frames, vae_factor
 from .models.weights import load_diffusers
 from .offload import READ_AHEAD, Offloader, OnDevice, place, read_until
 from .sampling import Denoiser, text_denoiser
-from .sdedit import Schedule, denoise_chunks, denoise_streaming
+from .sdedit import denoise_chunks, denoise_streaming, make_schedule
 
 CONFIG_FILE = "enhancer_config.json"
+FITS = ("stretch", "pad")
+RESAMPLES = ("bilinear", "bicubic")
 
 
 @dataclass
@@ -51,11 +56,34 @@ class EnhancerConfig:
 
     scale: int = 2
     # A fixed output (height, width) instead of ``scale``: the resolution a full-size enhancer
-    # was trained at (official: 720x720; a Zeroscope-XL style model: 576x1024).
+    # was trained at (MS-Vid2Vid-XL: 720x1280 with 720x720 frames padded; a Zeroscope-XL
+    # style model: 576x1024).
     size: tuple[int, int] | None = None
     text_tokens: int = 77
     text_attention_mask: bool = False
     defaults: EnhanceConfig = field(default_factory=EnhanceConfig)
+    # How the input fills ``size`` (FITS): "stretch" resizes it to ``size``; "pad" resizes it
+    # to fit inside, keeping its aspect, and pads with black (MS-Vid2Vid-XL: 720x720 frames
+    # in 720x1280, the only size family its UNet runs at besides the quirks below).
+    fit: str = "stretch"
+    # With fit "pad": hand out the whole padded frame (the authors' randomized path keeps the
+    # black bars) instead of the picture alone.
+    keep_padding: bool = False
+    # RESAMPLES: "bilinear" (torch, antialiased where it shrinks) or "bicubic" (Pillow's, on
+    # uint8 frames: what the authors' code resizes with).
+    resample: str = "bilinear"
+    # Appended to the prompt before the text encoder (MS-Vid2Vid-XL's caption: prompt + ", ").
+    prompt_suffix: str = ""
+    # MS-Vid2Vid-XL's UNet padding (``models.unet.use_msvid2vid_padding``).
+    msvid2vid_padding: bool = False
+
+    def __post_init__(self) -> None:
+        if self.fit not in FITS:
+            raise ModelLoadError(f"unknown fit {self.fit!r} in {CONFIG_FILE}; choose one of {FITS}")
+        if self.resample not in RESAMPLES:
+            raise ModelLoadError(
+                f"unknown resample {self.resample!r} in {CONFIG_FILE}; choose one of {RESAMPLES}"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -124,6 +152,27 @@ def resize(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     ).clamp(-1, 1)
 
 
+def resize_bicubic_fhwc(frames_fhwc: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(F, H, W, 3) uint8 -> (F, *size, 3) uint8 by Pillow's bicubic resize (its default,
+    which the authors' enhancer input goes through)."""
+    height, width = size
+    return np.stack(
+        [np.asarray(Image.fromarray(f).resize((width, height), Image.BICUBIC)) for f in frames_fhwc]
+    )
+
+
+def fit_box(height: int, width: int, canvas: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of a height x width picture resized to fit inside
+    ``canvas`` keeping its aspect, centred (the authors' ``resize_to_fit`` and
+    ``pad_to_fit``: sides truncated to integers, the margins halved downwards)."""
+    H, W = canvas
+    if H / height > W / width:
+        h, w = int(height * W / width), W
+    else:
+        h, w = H, int(width * H / height)
+    return (H - h) // 2, (W - w) // 2, h, w
+
+
 def conditioned(unet: UNet3DConditionModel, vae: AutoencoderKL) -> bool:
     """True when ``unet`` reads the input's clean latents beside the noisy ones (twice the
     VAE's latent channels); ModelLoadError when its inputs fit neither."""
@@ -152,6 +201,8 @@ class Enhancer(OnDevice):
         self.scheduler_config = dict(scheduler_config)
         self.config = config or EnhancerConfig()
         conditioned(unet, vae)  # a UNet that does not fit the VAE fails here, not mid-video
+        if self.config.msvid2vid_padding and not getattr(unet, "msvid2vid_padding", False):
+            use_msvid2vid_padding(unet)
         self.offloader: Offloader | None = None  # shared with the pipeline (``--offload``)
 
     @classmethod
@@ -241,9 +292,10 @@ class Enhancer(OnDevice):
     def vae_scale_factor(self) -> int:
         return vae_factor(self.vae)
 
-    def output_size(self, height: int, width: int) -> tuple[int, int]:
-        """Size of the enhanced frames (the fixed ``size``, else ``scale`` times the input);
-        its sides must be multiples of the enhancer's VAE factor."""
+    def canvas_size(self, height: int, width: int) -> tuple[int, int]:
+        """Size of the frames the enhancer's UNet runs on (the fixed ``size``, else ``scale``
+        times the input); its sides must be multiples of the enhancer's VAE factor, and fit
+        MS-Vid2Vid-XL's UNet where its padding is on."""
         size = self.config.size
         out = tuple(size) if size else (height * self.config.scale, width * self.config.scale)
         step = self.vae_scale_factor
@@ -252,7 +304,23 @@ class Enhancer(OnDevice):
                 f"frames of {height}x{width} enhance to {out[0]}x{out[1]}, not a multiple of "
                 f"{step} (the enhancer's VAE factor)"
             )
+        if self.config.msvid2vid_padding:
+            check_msvid2vid_size(out[0] // step, out[1] // step)
         return out
+
+    def picture_box(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """(top, left, height, width) of the input's picture within the canvas."""
+        canvas = self.canvas_size(height, width)
+        if self.config.fit == "pad":
+            return fit_box(height, width, canvas)
+        return 0, 0, *canvas
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """Size of the enhanced frames handed out: the canvas, or with fit "pad" the picture
+        alone unless ``keep_padding``."""
+        if self.config.fit == "pad" and not self.config.keep_padding:
+            return self.picture_box(height, width)[2:]
+        return self.canvas_size(height, width)
 
     @property
     def conditioned(self) -> bool:
@@ -263,13 +331,32 @@ class Enhancer(OnDevice):
     def upscale(self, frames_fhwc: np.ndarray) -> torch.Tensor:
         """(F, H, W, 3) uint8 low-res -> (F, 3, *output_size) in [-1, 1]: the frames that
         SDEdit starts from (bilinear, antialiased where it shrinks)."""
-        x = fchw_from_fhwc(frames_fhwc, self.device)
-        return resize(x, self.output_size(*x.shape[2:]))
+        height, width = frames_fhwc.shape[1:3]
+        top, left, h, w = self.picture_box(height, width)
+        if self.config.resample == "bicubic":
+            picture = fchw_from_fhwc(resize_bicubic_fhwc(frames_fhwc, (h, w)), self.device)
+        else:
+            picture = resize(fchw_from_fhwc(frames_fhwc, self.device), (h, w))
+        canvas = self.canvas_size(height, width)
+        if (h, w) == canvas:
+            return picture
+        out = picture.new_full((len(picture), 3, *canvas), -1.0)  # black
+        out[:, :, top : top + h, left : left + w] = picture
+        return out
+
+    def _handed_out(self, frames_fhwc: np.ndarray, height: int, width: int) -> np.ndarray:
+        """Canvas-sized (F, H', W', 3) frames cut to ``output_size`` for an input frame of
+        height x width."""
+        if self.config.fit == "pad" and not self.config.keep_padding:
+            top, left, h, w = self.picture_box(height, width)
+            return frames_fhwc[:, top : top + h, left : left + w]
+        return frames_fhwc
 
     def upsampled(self, frames_fhwc: np.ndarray) -> np.ndarray:
         """(F, H, W, 3) uint8 -> the frames SDEdit starts from as (F, H', W', 3) uint8: the
         video upscaled to the output size without enhancement (a baseline)."""
-        return fhwc_from_cfhw(self.upscale(frames_fhwc).transpose(0, 1))  # (F, H', W', 3)
+        canvas = fhwc_from_cfhw(self.upscale(frames_fhwc).transpose(0, 1))  # (F, H', W', 3)
+        return self._handed_out(canvas, *frames_fhwc.shape[1:3])
 
     @torch.no_grad()
     def _encode(self, frames_fhwc: np.ndarray) -> torch.Tensor:
@@ -300,8 +387,14 @@ class Enhancer(OnDevice):
             raise UsageError("the prompt is empty")
         if num_frames < 1:
             raise UsageError(f"the video has no frames (num_frames={num_frames})")
-        context = self.text_encoder([negative_prompt, prompt]).to(self.unet.dtype)
-        guided = text_denoiser(self.unet, context, cfg.guidance)
+        frames = iter(frames)
+        first = next(frames, None)
+        if first is None:
+            raise UsageError("the video has no frames")
+        frames = itertools.chain([first], frames)
+        context = self.text_encoder([negative_prompt, prompt + self.config.prompt_suffix])
+        context = context.to(self.unet.dtype)
+        guided = text_denoiser(self.unet, context, cfg.guidance, cfg.guidance_rescale)
 
         with_input = self.conditioned
 
@@ -317,9 +410,9 @@ class Enhancer(OnDevice):
         read_ahead = READ_AHEAD if self.offloader else 1
         source = _FrameWindow(frames, self._encode, num_frames, read_ahead)
         run = denoise_streaming if cfg.mode == "randomized" else denoise_chunks
-        schedule = Schedule(self.scheduler_config, cfg)
+        schedule = make_schedule(self.scheduler_config, cfg)
         bar = tqdm(total=num_frames, desc="enhance", unit="frame", disable=not progress)
         with bar:
             for _, latents in run(denoiser_for, source, num_frames, schedule):
                 bar.update(1)
-                yield self._decode(latents)
+                yield self._handed_out(self._decode(latents)[None], *first.shape[:2])[0]

@@ -25,7 +25,7 @@ from .blending import chunk_starts
 from .config import EnhanceConfig, StreamConfig, UsageError
 from .offload import READ_AHEAD, read_until
 from .sampling import ChunkSampler, text_denoiser
-from .sdedit import Schedule
+from .sdedit import make_schedule
 from .streaming import Request, chunk_contexts, chunk_count
 
 
@@ -169,14 +169,16 @@ def make_plan(pipe, request: Request, enhancer=None, enhance: EnhanceConfig | No
 def _enhancer_stages(enhancer, cfg: EnhanceConfig, request: Request, device) -> list[Stage]:
     n = request.num_frames
     starts = chunk_starts(n, cfg.chunk, cfg.overlap)
-    evaluations = len(starts) * len(Schedule(enhancer.scheduler_config, cfg).timesteps)
-    height, width = enhancer.output_size(*request.size)
+    evaluations = len(starts) * len(make_schedule(enhancer.scheduler_config, cfg).timesteps)
+    height, width = enhancer.canvas_size(*request.size)
     f = enhancer.vae_scale_factor
     channels = enhancer.unet.config.in_channels
     x = torch.randn(1, channels, min(cfg.chunk, n), height // f, width // f)
     x = x.to(device=device, dtype=enhancer.unet.dtype)
     context = enhancer.text_encoder([request.sample.negative_prompt, request.prompt])
-    denoise = text_denoiser(enhancer.unet, context.to(enhancer.unet.dtype), cfg.guidance)
+    denoise = text_denoiser(
+        enhancer.unet, context.to(enhancer.unet.dtype), cfg.guidance, cfg.guidance_rescale
+    )
     t = torch.tensor(500, device=device)
     enhancer.use_unet()
     step = _timed(lambda: denoise(x, t), device)

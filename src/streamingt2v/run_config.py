@@ -15,7 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import MODES, SCHEDULERS, EnhanceConfig, SampleConfig, UsageError, check_request
+from .config import (
+    ENHANCE_SAMPLERS,
+    MODES,
+    SCHEDULERS,
+    EnhanceConfig,
+    SampleConfig,
+    UsageError,
+    check_request,
+)
 from .drift import DriftGuard
 from .methods import METHODS
 from .options import option
@@ -361,6 +369,15 @@ class EnhanceFileConfig(RunOptions):
     guidance: float | None = option(
         None, "guidance, finite and >= 0 (default: the enhancer's, 7.5 officially)"
     )
+    sampler: str | None = option(
+        None,
+        "ddim, or dpmpp-2m-sde (MS-Vid2Vid-XL's: its steps run from the SDEdit start) "
+        "(default: the enhancer's)",
+        choices=ENHANCE_SAMPLERS,
+    )
+    guidance_rescale: float | None = option(
+        None, "CFG rescale in [0, 1] (default: the enhancer's; 0.2 for MS-Vid2Vid-XL)"
+    )
     negative_prompt: str = option("", "negative prompt (default: empty)")
     seed: int = option(0, "seed (default: 0)")
     size: str | None = option(
@@ -392,5 +409,7 @@ class EnhanceFileConfig(RunOptions):
             strength=self.strength,
             steps=self.steps,
             guidance=self.guidance,
+            sampler=self.sampler,
+            guidance_rescale=self.guidance_rescale,
             seed=self.seed,
         )

@@ -62,17 +62,25 @@ def make_scheduler(
     return scheduler
 
 
-def guided(model: Denoiser, guidance: float) -> Denoiser:
-    """Classifier-free guidance over a model that takes the doubled batch [uncond, cond]."""
+def guided(model: Denoiser, guidance: float, rescale: float = 0.0) -> Denoiser:
+    """Classifier-free guidance over a model that takes the doubled batch [uncond, cond].
+
+    ``rescale`` > 0 (CFG rescale, Lin et al. 2023, as MS-Vid2Vid-XL samples with 0.2) scales
+    each sample's guided output by ``rescale * std(cond) / std(guided) + (1 - rescale)``, the
+    std over all of the sample's values."""
 
     def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         uncond, cond = model(torch.cat([x, x]), t).chunk(2)
-        return uncond + guidance * (cond - uncond)
+        out = uncond + guidance * (cond - uncond)
+        if rescale:
+            ratio = cond.flatten(1).std(dim=1) / (out.flatten(1).std(dim=1) + 1e-12)
+            out = out * (rescale * ratio + 1 - rescale).view(-1, *[1] * (out.dim() - 1))
+        return out
 
     return denoise
 
 
-def text_denoiser(unet, context: torch.Tensor, guidance: float) -> Denoiser:
+def text_denoiser(unet, context: torch.Tensor, guidance: float, rescale: float = 0.0) -> Denoiser:
     """The base model alone (the first chunk). context: (2B, T, D) as [negative, prompt].
 
     At guidance 1 the guided prediction is the prompt's alone, so the negative half never runs
@@ -80,7 +88,7 @@ def text_denoiser(unet, context: torch.Tensor, guidance: float) -> Denoiser:
     if guidance == 1:
         prompt = context.chunk(2)[1]  # (B, T, D)
         return lambda x, t: unet_forward(unet, x, t, prompt)
-    return guided(lambda x, t: unet_forward(unet, x, t, context), guidance)
+    return guided(lambda x, t: unet_forward(unet, x, t, context), guidance, rescale)
 
 
 def stream_model(
