@@ -3,7 +3,6 @@ pipeline folder whose streaming model computes exactly what the source modules c
 
 from __future__ import annotations
 
-import copy
 import json
 import pickle
 from pathlib import Path
@@ -13,12 +12,12 @@ import torch
 
 from streamingt2v import StreamingT2VPipeline
 from streamingt2v.cli import main
-from streamingt2v.config import ApmConfig, CamConfig, ModelLoadError, UsageError
+from streamingt2v.config import ApmConfig, ModelLoadError, UsageError
 from streamingt2v.convert import convert_official
-from streamingt2v.models.apm import AppearancePreservationModule, spatial_cross_attention_names
-from streamingt2v.models.cam import ConditionalAttentionModule
-from streamingt2v.random_models import SCALES, make_image_encoder, perturb_
+from streamingt2v.models.apm import AppearancePreservationModule
+from streamingt2v.random_models import SCALES, make_image_encoder
 from streamingt2v.sampling import stream_model
+from streamingt2v.tiny_checkpoints import official_modules, official_state
 
 
 @pytest.fixture(scope="module")
@@ -26,56 +25,12 @@ def official(tmp_path_factory, modelscope_dir):
     """Source modules (a fine-tuned streaming UNet, trained CAM and APM) and the checkpoint
     the official code would have saved for them."""
     root = tmp_path_factory.mktemp("official")
-    base = StreamingT2VPipeline.from_pretrained(modelscope_dir)
-    stream_unet = copy.deepcopy(base.unet)
-    perturb_(stream_unet, seed=11)
-    cam = ConditionalAttentionModule.from_unet(
-        stream_unet, CamConfig(cond_embedding_channels=SCALES["tiny"].cond_embedding)
-    )
-    apm_config = ApmConfig(
-        image_embed_dim=SCALES["tiny"].image_embed_dim,
-        resampler_hidden_dim=40,
-        image_tokens=16,  # the real mixer conv is [77, 93, 3]
-        text_tokens=77,
-        cross_attention_dim=stream_unet.config.cross_attention_dim,
-    )
-    apm = AppearancePreservationModule.for_unet(stream_unet, apm_config)
-    perturb_(cam, seed=12, std=0.05)
-    perturb_(apm, seed=13, std=0.05)
-
-    state = {}
-    for key, value in stream_unet.state_dict().items():
-        state[f"base_model.{key}"] = value
-    for key, value in cam.state_dict().items():
-        head, _, rest = key.partition(".")
-        if head == "down_mergers":
-            index, _, rest = rest.partition(".")
-            name = f"base_model.cross_attention_merger_down_blocks.{index}.temporal_transformer"
-            state[f"{name}.{rest}"] = value
-        elif head == "mid_merger":
-            state[f"base_model.cross_attention_merger_mid_block.temporal_transformer.{rest}"] = (
-                value
-            )
-        else:
-            state[f"unet.{key}"] = value
-    layers = spatial_cross_attention_names(stream_unet)
-    for key, value in apm.state_dict().items():
-        if key.startswith("mixers."):
-            _, index, rest = key.split(".", 2)
-            state[f"base_model.{layers[int(index)]}.{rest}"] = value
-        else:
-            state[key] = value  # resampler.context_embedding.{0,2}.*
-    # Parts a real checkpoint also carries, which the converter must account for. (The CAM
-    # trunk has no APM layers: the real file has no unet.*attn2.conv / alpha keys.)
-    state["vae.encoder.conv_in.weight"] = torch.zeros(8, 3, 3, 3)
-    state["image_encoder.model.visual.proj"] = torch.zeros(4, 4)
+    modules = official_modules(StreamingT2VPipeline.from_pretrained(modelscope_dir).unet)
+    state = official_state(modules["stream_unet"], modules["cam"], modules["apm"])
     checkpoint = root / "streaming_t2v.ckpt"
     torch.save({"state_dict": state, "epoch": 3, "global_step": 1200}, checkpoint)
-
-    image_encoder = make_image_encoder(SCALES["tiny"])
-    image_encoder.save_pretrained(root / "clip")
-    apm.attach(stream_unet)
-    modules = {"stream_unet": stream_unet, "cam": cam, "apm": apm, "image_encoder": image_encoder}
+    modules["image_encoder"].save_pretrained(root / "clip")
+    modules["apm"].attach(modules["stream_unet"])
     return {"checkpoint": checkpoint, "state": state, "clip": root / "clip", **modules}
 
 

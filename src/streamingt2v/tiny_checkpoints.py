@@ -1,14 +1,16 @@
-"""Tiny random stand-ins for the paper's released enhancer files, in their real formats.
+"""Tiny random stand-ins for the paper's released files, in their real formats.
 
-The converter (``convert_enhancer.convert_msvid2vid``) is tested on these, and
-``scripts/tiny_checkpoints.py`` writes them so that the conversion can be tried end to end
-without the real files (5.65, 5.21 and 3.94 GB):
+The converters (``convert.convert_official``, ``convert_enhancer.convert_msvid2vid``) are
+tested on these, and ``scripts/tiny_checkpoints.py`` writes them so that both conversions
+can be tried end to end without the real files (25.6, 5.65, 5.21 and 3.94 GB):
 
+    streaming_t2v.ckpt            StreamingT2V: a Lightning checkpoint with the official keys
     non_ema_0035000.pth           MS-Vid2Vid-XL's UNet: a bare state_dict in LDM naming
     v2-1_512-ema-pruned.ckpt      an SD checkpoint: {"state_dict": {"first_stage_model.*", ...}}
     open_clip_pytorch_model.bin   an OpenCLIP state_dict (text tower, image tower, scales)
 
-Only the key names come from the real files (their lists: ``msvid2vid_unet_keys.json``,
+Only the key names come from the real files (the official names as the authors' classes
+save them; MS-Vid2Vid-XL's lists: ``msvid2vid_unet_keys.json``,
 ``msvid2vid_vae_keys.json``); widths are tiny. The LDM names of a diffusers model are found
 with the conversions themselves (the UNet's key map; diffusers' own LDM-VAE conversion run
 on a probe), so these files are the real format as far as the converters can tell apart.
@@ -16,13 +18,94 @@ on a probe), so these files are the real format as far as the converters can tel
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, UNet3DConditionModel
 
+from .config import ApmConfig, CamConfig
 from .convert_enhancer import SD_VAE_CONFIG, msvid2vid_unet_key
+from .models.apm import AppearancePreservationModule, spatial_cross_attention_names
+from .models.cam import ConditionalAttentionModule
+from .random_models import SCALES, make_clip_tokenizer, make_image_encoder, perturb_
+
+
+def official_modules(base_unet: UNet3DConditionModel) -> dict[str, torch.nn.Module]:
+    """What the authors' training would have made from a tiny ModelScope base: a fine-tuned
+    copy of its UNet (perturbed), a trained CAM and APM (perturbed, so they act) and an image
+    encoder. The APM has 16 image tokens beside 77 text tokens: the real mixer conv's
+    [77, 93, 3]."""
+    stream_unet = copy.deepcopy(base_unet)
+    perturb_(stream_unet, seed=11)
+    cam = ConditionalAttentionModule.from_unet(
+        stream_unet, CamConfig(cond_embedding_channels=SCALES["tiny"].cond_embedding)
+    )
+    apm_config = ApmConfig(
+        image_embed_dim=SCALES["tiny"].image_embed_dim,
+        resampler_hidden_dim=40,
+        image_tokens=16,
+        text_tokens=77,
+        cross_attention_dim=stream_unet.config.cross_attention_dim,
+    )
+    apm = AppearancePreservationModule.for_unet(stream_unet, apm_config)
+    perturb_(cam, seed=12, std=0.05)
+    perturb_(apm, seed=13, std=0.05)
+    image_encoder = make_image_encoder(SCALES["tiny"])
+    return {"stream_unet": stream_unet, "cam": cam, "apm": apm, "image_encoder": image_encoder}
+
+
+def official_state(
+    stream_unet: UNet3DConditionModel,
+    cam: ConditionalAttentionModule,
+    apm: AppearancePreservationModule,
+) -> dict[str, torch.Tensor]:
+    """The modules under the key names of the authors' ``streaming_t2v.ckpt``: the streaming
+    UNet as ``base_model.*``, the CAM's trunk as ``unet.*`` and its mergers as
+    ``base_model.cross_attention_merger_*``, the APM's mixers inside the UNet's
+    cross-attentions (``base_model.<layer>.attn2.{conv, conv_ln, alpha}``) and its resampler
+    as ``resampler.*``; plus frozen parts a real file carries (the converter skips them). The
+    CAM trunk has no APM layers (the real file has no ``unet.*attn2.conv`` keys)."""
+    state = {f"base_model.{key}": value for key, value in stream_unet.state_dict().items()}
+    for key, value in cam.state_dict().items():
+        head, _, rest = key.partition(".")
+        if head == "down_mergers":
+            index, _, rest = rest.partition(".")
+            name = f"base_model.cross_attention_merger_down_blocks.{index}.temporal_transformer"
+            state[f"{name}.{rest}"] = value
+        elif head == "mid_merger":
+            name = "base_model.cross_attention_merger_mid_block.temporal_transformer"
+            state[f"{name}.{rest}"] = value
+        else:
+            state[f"unet.{key}"] = value
+    layers = spatial_cross_attention_names(stream_unet)
+    for key, value in apm.state_dict().items():
+        if key.startswith("mixers."):
+            _, index, rest = key.split(".", 2)
+            state[f"base_model.{layers[int(index)]}.{rest}"] = value
+        else:
+            state[key] = value  # resampler.context_embedding.{0,2}.*
+    state["vae.encoder.conv_in.weight"] = torch.zeros(8, 3, 3, 3)
+    state["image_encoder.model.visual.proj"] = torch.zeros(4, 4)
+    return state
+
+
+def write_official_files(folder: Path, seed: int = 3) -> dict[str, Path]:
+    """A tiny ModelScope base folder (``text-to-video-ms/``), an image encoder folder
+    (``clip/``) and ``streaming_t2v.ckpt`` (a Lightning file: state_dict, epoch, step) made
+    from them, in ``folder``: the inputs of ``streamingt2v convert-official``."""
+    from .pipeline import StreamingT2VPipeline
+    from .random_models import write_modelscope_folder
+
+    folder = Path(folder)
+    base = write_modelscope_folder(folder / "text-to-video-ms", "tiny", seed=seed)
+    modules = official_modules(StreamingT2VPipeline.from_pretrained(base).unet)
+    modules["image_encoder"].save_pretrained(folder / "clip")
+    state = official_state(modules["stream_unet"], modules["cam"], modules["apm"])
+    checkpoint = folder / "streaming_t2v.ckpt"
+    torch.save({"state_dict": state, "epoch": 3, "global_step": 1200}, checkpoint)
+    return {"checkpoint": checkpoint, "base": base, "image_encoder": folder / "clip"}
 
 
 def ldm_unet_state(
@@ -104,8 +187,6 @@ def write_msvid2vid_files(folder: Path, key_lists: Path, seed: int = 0) -> dict[
     folder (``tokenizer/``, byte-level, token 0 "!" as OpenCLIP's); ``key_lists`` holds
     ``msvid2vid_unet_keys.json`` and ``msvid2vid_vae_keys.json``. The UNet is ModelScope's
     layout at widths 32-64-128-128 reading 64-wide text, the VAE SD's at widths 32-64-96-96."""
-    from .random_models import make_clip_tokenizer
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     unet_keys = json.loads((Path(key_lists) / "msvid2vid_unet_keys.json").read_text())
