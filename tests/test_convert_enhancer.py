@@ -14,6 +14,7 @@ from diffusers import UNet3DConditionModel
 from streamingt2v.convert_enhancer import convert_msvid2vid_unet, msvid2vid_unet_key
 from streamingt2v.models.unet import unet_forward
 from streamingt2v.random_models import SCALES, make_unet
+from streamingt2v.tiny_checkpoints import ldm_unet_state, tiny_msvid2vid_unet
 
 KEYS = json.loads((Path(__file__).parent / "data" / "msvid2vid_unet_keys.json").read_text())
 
@@ -36,21 +37,8 @@ def test_every_key_of_the_real_unet_routes_with_its_shape():
 
 def test_a_tiny_model_in_the_real_key_format_converts_and_computes_the_same():
     torch.manual_seed(0)
-    tiny = UNet3DConditionModel(
-        sample_size=8,
-        block_out_channels=(32, 64, 128, 128),  # channel changes where ModelScope's are
-        layers_per_block=2,
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=32,
-    ).eval()
-    real_name = {msvid2vid_unet_key(k): k for k in KEYS}
-    ldm = {}
-    for name, tensor in tiny.state_dict().items():
-        key = real_name[name]
-        ldm[key] = (
-            tensor.reshape(*tensor.shape, 1) if len(KEYS[key]) == tensor.dim() + 1 else tensor
-        )
+    tiny = tiny_msvid2vid_unet()
+    ldm = ldm_unet_state(tiny, KEYS)
     assert set(ldm) == set(KEYS)  # the tiny model has exactly the real key names
     expected = {k: v.shape for k, v in tiny.state_dict().items()}
     converted, problems = convert_msvid2vid_unet(ldm, expected)
@@ -78,14 +66,7 @@ def test_unknown_and_missing_keys_are_named():
 
 def _four_level_unet() -> UNet3DConditionModel:
     torch.manual_seed(0)
-    return UNet3DConditionModel(
-        sample_size=8,
-        block_out_channels=(32, 64, 128, 128),
-        layers_per_block=2,
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=32,
-    ).eval()
+    return tiny_msvid2vid_unet()
 
 
 def test_msvid2vid_padding_runs_at_its_legal_sizes_and_computes_its_two_quirks():

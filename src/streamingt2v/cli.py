@@ -247,6 +247,16 @@ def _add_train(sub) -> None:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _add_weights_dtype(parser, why: str) -> None:
+    """A converter's ``--dtype``: the precision it writes (float16 unless told)."""
+    parser.add_argument(
+        "--dtype",
+        default="float16",
+        choices=["float16", "bfloat16", "float32"],
+        help=f"precision of the converted weights (default: float16, {why})",
+    )
+
+
 def _add_convert(sub) -> None:
     conv = sub.add_parser(
         "convert-official",
@@ -269,12 +279,7 @@ def _add_convert(sub) -> None:
         required=True,
         help="OpenCLIP ViT-H-14, transformers format (CLIPVisionModelWithProjection or CLIPModel)",
     )
-    conv.add_argument(
-        "--dtype",
-        default="float16",
-        choices=["float16", "bfloat16", "float32"],
-        help="precision of the converted weights (default: float16, 12.8 instead of 25.6 GB)",
-    )
+    _add_weights_dtype(conv, "12.8 instead of 25.6 GB")
     conv.add_argument(
         "--allow-unknown", action="store_true", help="convert even if some keys are unknown"
     )
@@ -309,12 +314,7 @@ def _add_convert_msvid2vid(sub) -> None:
         help="a CLIP tokenizer folder with OpenCLIP's vocabulary, e.g. a ModelScope T2V "
         "folder's tokenizer/",
     )
-    conv.add_argument(
-        "--dtype",
-        default="float16",
-        choices=["float16", "bfloat16", "float32"],
-        help="precision of the converted weights (default: float16, as the authors run it)",
-    )
+    _add_weights_dtype(conv, "as the authors run it")
 
 
 def _convert_msvid2vid(args: argparse.Namespace) -> int:

@@ -108,6 +108,20 @@ def write_official_files(folder: Path, seed: int = 3) -> dict[str, Path]:
     return {"checkpoint": checkpoint, "base": base, "image_encoder": folder / "clip"}
 
 
+def tiny_msvid2vid_unet(cross_attention_dim: int = 32) -> UNet3DConditionModel:
+    """ModelScope's UNet layout (4 levels, 2 resnets each, the widths changing where its
+    do) at widths 32-64-128-128: every key of MS-Vid2Vid-XL's file, tiny. Random weights
+    (seed them first)."""
+    return UNet3DConditionModel(
+        sample_size=8,
+        block_out_channels=(32, 64, 128, 128),
+        layers_per_block=2,
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    ).eval()
+
+
 def ldm_unet_state(
     unet: UNet3DConditionModel, real_keys: dict[str, list[int]]
 ) -> dict[str, torch.Tensor]:
@@ -192,14 +206,7 @@ def write_msvid2vid_files(folder: Path, key_lists: Path, seed: int = 0) -> dict[
     unet_keys = json.loads((Path(key_lists) / "msvid2vid_unet_keys.json").read_text())
     vae_keys = json.loads((Path(key_lists) / "msvid2vid_vae_keys.json").read_text())
     torch.manual_seed(seed)
-    unet = UNet3DConditionModel(
-        sample_size=8,
-        block_out_channels=(32, 64, 128, 128),
-        layers_per_block=2,
-        cross_attention_dim=64,
-        attention_head_dim=8,
-        norm_num_groups=32,
-    )
+    unet = tiny_msvid2vid_unet(cross_attention_dim=64)
     vae = AutoencoderKL(
         **dict(SD_VAE_CONFIG, block_out_channels=[32, 64, 96, 96], norm_num_groups=32)
     )
