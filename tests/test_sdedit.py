@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from diffusers import UNet3DConditionModel
 
-from streamingt2v.config import EnhanceConfig
+from streamingt2v.config import EnhanceConfig, UsageError
 from streamingt2v.random_models import MODELSCOPE_SCHEDULER
 from streamingt2v.sdedit import (
     denoise_chunks,
@@ -187,6 +189,8 @@ def test_msvid2vid_sampler_visits_the_authors_timesteps():
     timesteps = schedule.timesteps.tolist()
     assert len(timesteps) == 30 and schedule.sigmas[-1] == 0
     assert timesteps[:4] == [599, 580, 560, 541] and timesteps[-3:] == [76, 57, 38]
+    with pytest.raises(UsageError, match="strength 1.0"):  # sigma is infinite at t = 999
+        make_schedule(msvid2vid_scheduler_config(), dataclasses.replace(cfg, strength=1.0))
 
 
 def test_msvid2vid_sampler_is_the_authors_loop():

@@ -31,7 +31,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from .blending import chunk_starts, frame_noise, owners, step_noise
-from .config import EnhanceConfig
+from .config import EnhanceConfig, UsageError
 from .sampling import Denoiser
 
 # A chunk's clean input latents (1, C, F, h, w; what a conditioned enhancer also reads) ->
@@ -137,6 +137,12 @@ class DpmSdeSchedule:
         grid = torch.arange(self.t_start, -1, -(self.t_start + 1) / (cfg.steps + 1))
         sigmas = [self._sigma_at(t) for t in grid.clamp(0, self.t_start).tolist()] + [0.0]
         self.sigmas = sigmas[:-2] + sigmas[-1:]  # the penultimate point dropped
+        if not math.isfinite(self.sigmas[0]):
+            raise UsageError(
+                f"the dpmpp-2m-sde sampler starts at a finite noise level: strength "
+                f"{cfg.strength} reaches the schedule's last timestep, where the signal is "
+                "gone (zero terminal SNR); use a strength below 1, or the ddim sampler"
+            )
         self.timesteps = torch.tensor([round(self._t_at(s)) for s in self.sigmas[:-1]])
         self.cfg = cfg
         self._x0_before: dict[int, torch.Tensor] = {}  # frame -> its previous step's x0
