@@ -344,19 +344,20 @@ class Enhancer(OnDevice):
         out[:, :, top : top + h, left : left + w] = picture
         return out
 
-    def _handed_out(self, frames_fhwc: np.ndarray, height: int, width: int) -> np.ndarray:
-        """Canvas-sized (F, H', W', 3) frames cut to ``output_size`` for an input frame of
+    def _output_window(self, height: int, width: int) -> tuple[slice, slice]:
+        """The canvas rows and columns handed out (``output_size``) for an input frame of
         height x width."""
         if self.config.fit == "pad" and not self.config.keep_padding:
             top, left, h, w = self.picture_box(height, width)
-            return frames_fhwc[:, top : top + h, left : left + w]
-        return frames_fhwc
+            return slice(top, top + h), slice(left, left + w)
+        return slice(None), slice(None)
 
     def upsampled(self, frames_fhwc: np.ndarray) -> np.ndarray:
         """(F, H, W, 3) uint8 -> the frames SDEdit starts from as (F, H', W', 3) uint8: the
         video upscaled to the output size without enhancement (a baseline)."""
         canvas = fhwc_from_cfhw(self.upscale(frames_fhwc).transpose(0, 1))  # (F, H', W', 3)
-        return self._handed_out(canvas, *frames_fhwc.shape[1:3])
+        rows, cols = self._output_window(*frames_fhwc.shape[1:3])
+        return canvas[:, rows, cols]
 
     @torch.no_grad()
     def _encode(self, frames_fhwc: np.ndarray) -> torch.Tensor:
@@ -409,10 +410,11 @@ class Enhancer(OnDevice):
 
         read_ahead = READ_AHEAD if self.offloader else 1
         source = _FrameWindow(frames, self._encode, num_frames, read_ahead)
+        rows, cols = self._output_window(*first.shape[:2])  # (H, W, 3) frames
         run = denoise_streaming if cfg.mode == "randomized" else denoise_chunks
         schedule = make_schedule(self.scheduler_config, cfg)
         bar = tqdm(total=num_frames, desc="enhance", unit="frame", disable=not progress)
         with bar:
             for _, latents in run(denoiser_for, source, num_frames, schedule):
                 bar.update(1)
-                yield self._handed_out(self._decode(latents)[None], *first.shape[:2])[0]
+                yield self._decode(latents)[rows, cols]
